@@ -1,0 +1,180 @@
+"""The public Python API: train a profile from one photo, apply a profile to a new prompt."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .config import ApplyConfig, TrainConfig
+from .errors import IncompatibleProfile, InvalidConfig
+from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
+from .lora import load_lora, remove_lora
+from .method import encode_image, encode_prompt, finetune_lora, generate, optimize_embedding
+from .models import BaseModel, load_model
+from .profile import Profile, check_name
+from .store import ProfileStore
+
+SAMPLE_RTOL = 2e-2
+SAMPLE_ATOL = 1e-3
+
+
+def train(
+    name: str, image: str | Path, prompt: str, *, model: str | BaseModel | None = None,
+    config: TrainConfig | None = None, device: str | None = None, dtype: str | None = None,
+    store: ProfileStore | None = None, replace: bool = False, progress: bool = True,
+) -> Profile:
+    """Run Imagic's two training stages on ``image`` and save the result as profile ``name``.
+
+    The profile is written once, in one transaction, only after both stages finish.
+    """
+    # 1. check inputs before any expensive work
+    config = config or TrainConfig()
+    check_name(name)
+    if not prompt or not prompt.strip():
+        raise InvalidConfig("--prompt must describe the image as it is, e.g. 'a photo of a dog'")
+    store = store if store is not None else ProfileStore()
+    if not replace:
+        store.ensure_free(name)
+    picture = load_image(image)
+    base = model if isinstance(model, BaseModel) else load_model(model, device, dtype)
+    resolution = config.resolution or base.native_resolution
+    fitted = fit_image(picture, resolution, config.fit)
+
+    # 2. encode the image and the prompt once
+    latents = encode_image(base, to_tensor(fitted))
+    source_embedding = encode_prompt(base, prompt)
+
+    # 3. the two Imagic stages
+    generator = torch.Generator("cpu").manual_seed(config.seed)
+    e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
+    lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
+
+    # 4. build and store the profile
+    profile = Profile(
+        name=name, e_opt=e_opt.cpu(), source_embedding=source_embedding.cpu(), lora=lora,
+        thumbnail=thumbnail(fitted), base_sample=base.weight_sample(),
+        metadata=_metadata(base, prompt, config, resolution, image, stage1.final_loss, stage2.final_loss),
+    )
+    store.save(profile, replace=replace)
+    return profile
+
+
+def _metadata(base, prompt, config, resolution, image, loss1, loss2) -> dict:
+    return {
+        "format_version": 1,
+        "source_prompt": prompt,
+        "base_model": base.model_id,
+        "base_fingerprint": base.fingerprint(),
+        "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
+        "training": {
+            "embedding_steps": config.embedding_steps, "embedding_lr": config.embedding_lr,
+            "lora_steps": config.lora_steps, "lora_lr": config.lora_lr, "optimizer": config.optimizer,
+            "fit": config.fit, "seed": config.seed, "device": base.device.type, "dtype": str(base.dtype),
+        },
+        "losses": {"embedding": loss1, "lora": loss2},
+        "resolution": resolution,
+        "image_sha256": file_sha256(image),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "library_version": __version__,
+    }
+
+
+def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> str | None:
+    """Refuse a profile made for other base weights; with ``force``, return a warning instead.
+
+    A different architecture is refused even with ``force``: its adapter cannot be loaded.
+    """
+    made_for = profile.metadata["base_model"]
+    expected_shape = (1, base.pipe.tokenizer.model_max_length, base.embedding_dim)
+    arch = profile.metadata["base_fingerprint"].split("-")[0]
+    if arch != base.architecture_hash() or tuple(profile.e_opt.shape) != expected_shape:
+        raise IncompatibleProfile(
+            f"profile {profile.name!r} was made for {made_for!r}, whose architecture differs from "
+            f"{base.model_id!r}. Try: --model {made_for}"
+        )
+    sample = base.weight_sample()
+    same = sample.shape == profile.base_sample.shape and torch.allclose(
+        sample, profile.base_sample, rtol=SAMPLE_RTOL, atol=SAMPLE_ATOL
+    )
+    if same:
+        return None
+    message = (
+        f"profile {profile.name!r} was made for {made_for!r} (fingerprint "
+        f"{profile.metadata['base_fingerprint']}), but {base.model_id!r} has other weights "
+        f"(fingerprint {base.fingerprint()})"
+    )
+    if not force:
+        raise IncompatibleProfile(f"{message}. Try: --model {made_for}, or --force to apply it anyway")
+    return message + "; applying anyway (--force)"
+
+
+def apply(
+    profile: Profile, prompt: str, *, out_dir: str | Path = ".", model: str | BaseModel | None = None,
+    config: ApplyConfig | None = None, device: str | None = None, dtype: str | None = None,
+    force: bool = False, progress: bool = True, warn=None,
+) -> list[Path]:
+    """Edit with ``profile`` toward ``prompt``; write one PNG per (α, seed) and a grid; return the paths."""
+    # 1. check inputs and the base model
+    config = config or ApplyConfig()
+    if not prompt or not prompt.strip():
+        raise InvalidConfig("the edit prompt must not be empty, e.g. 'a jumping dog'")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidConfig(f"--out must be a folder, got the file {str(out)!r}")
+    base = model if isinstance(model, BaseModel) else load_model(model or profile.metadata["base_model"], device, dtype)
+    warning = check_compatible(profile, base, force)
+    if warning and warn:
+        warn(warning)
+
+    # 2. generate with the adapter loaded, leaving the base model clean afterwards
+    load_lora(base.pipe.unet, {k: v.to(base.device) for k, v in profile.lora.items()}, profile.rank, profile.lora_alpha)
+    try:
+        results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress)
+    finally:
+        remove_lora(base.pipe.unet)
+
+    # 3. write the images
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_outputs(profile, prompt, base, config, results, out)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe form of ``text``: lowercase letters, digits and single dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "edit"
+
+
+def _write_outputs(profile, prompt, base, config, results, out: Path) -> list[Path]:
+    stem = f"{profile.name}_{slug(prompt)}"
+    paths = []
+    for alpha, seed, image in results:
+        path = out / f"{stem}_a{alpha:.2f}_s{seed}.png"
+        save_png(image, path, _parameters(profile, prompt, base, config, alpha, seed))
+        paths.append(path)
+    if config.grid and len(results) > 1:
+        path = out / f"{stem}_grid.png"
+        size = results[0][2].width
+        source = thumbnail_image(profile.thumbnail)
+        tiles: list[tuple[str, Image.Image]] = []
+        for alpha in config.alphas:
+            tiles.append(("input", source))
+            tiles += [(f"a={a:.2f} seed={s}", im) for a, s, im in results if a == alpha]
+        save_png(labelled_grid(tiles, len(config.seed_list) + 1, max(size, 128)), path,
+                 _parameters(profile, prompt, base, config, None, None))
+        paths.append(path)
+    return paths
+
+
+def _parameters(profile, prompt, base, config, alpha, seed) -> dict:
+    return {
+        "profile": profile.name, "prompt": prompt, "source_prompt": profile.metadata["source_prompt"],
+        "alpha": alpha if alpha is not None else list(config.alphas),
+        "seed": seed if seed is not None else config.seed_list,
+        "steps": config.steps, "guidance": config.guidance, "negative_prompt": config.negative_prompt,
+        "model": base.model_id, "scheduler": type(base.pipe.scheduler).__name__,
+        "generator": f"imagic-lora {__version__}",
+    }

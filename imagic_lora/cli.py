@@ -1,0 +1,241 @@
+"""The ``imagic-lora`` command: parses options, calls one library function, prints the result."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from dataclasses import fields
+
+import click
+
+from .config import FITS, OPTIMIZERS, ApplyConfig, TrainConfig
+from .errors import ImagicError
+from .store import ProfileStore, read_profile_file
+
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+
+
+def _default(cls, name: str):
+    return {f.name: f.default for f in fields(cls)}[name]
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to our progress bars and errors: silence library chatter."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+def user_errors(func):
+    """Turn the library's typed errors into one ``Error: ...`` line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ImagicError as ex:
+            raise click.ClickException(str(ex)) from None
+
+    return wrapper
+
+
+def model_options(func):
+    func = click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+                        help="Dtype of the frozen weights (auto: fp16 on CUDA, fp32 on CPU).")(func)
+    func = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imagic-lora")
+def cli() -> None:
+    """Edit real photos from one sentence with Imagic + LoRA, keeping each image's edit profile."""
+    _quiet_libraries()
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--prompt", required=True, help="What the image shows as it is, e.g. 'a photo of a dog'.")
+@click.option("--model", default=None, help="Hub id, diffusers folder, .safetensors file or builtin:tiny "
+              "[default: $IMAGIC_LORA_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--embedding-steps", type=int, default=_default(TrainConfig, "embedding_steps"), show_default=True)
+@click.option("--embedding-lr", type=float, default=_default(TrainConfig, "embedding_lr"), show_default=True)
+@click.option("--lora-steps", type=int, default=_default(TrainConfig, "lora_steps"), show_default=True)
+@click.option("--lora-lr", type=float, default=_default(TrainConfig, "lora_lr"), show_default=True)
+@click.option("--rank", type=int, default=_default(TrainConfig, "rank"), show_default=True)
+@click.option("--lora-alpha", type=float, default=_default(TrainConfig, "lora_alpha"), show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_default(TrainConfig, "optimizer"),
+              show_default=True)
+@click.option("--resolution", type=int, default=None, help="Training size in pixels [default: the model's].")
+@click.option("--fit", type=click.Choice(FITS), default=_default(TrainConfig, "fit"), show_default=True,
+              help="Make a non-square image square by center-cropping or padding.")
+@click.option("--seed", type=int, default=_default(TrainConfig, "seed"), show_default=True)
+@click.option("--replace", is_flag=True, help="Overwrite an existing profile of that name.")
+@model_options
+@user_errors
+def train(name, image, prompt, model, replace, device, dtype, **settings) -> None:
+    """Train the edit profile NAME from IMAGE (Imagic stages 1 and 2)."""
+    from .api import train as train_profile
+
+    profile = train_profile(name, image, prompt, model=model, config=TrainConfig(**settings),
+                            device=device, dtype=dtype, replace=replace)
+    losses = profile.metadata["losses"]
+    click.echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses['embedding'])}, "
+               f"LoRA loss {_fmt(losses['lora'])}). Try: imagic-lora apply profile {profile.name} \"...\"")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def apply_options(func):
+    options = [
+        click.option("--alpha", "alphas", type=float, multiple=True, help="Interpolation weight toward the new "
+                     f"prompt; repeat for several [default: {_default(ApplyConfig, 'alphas')[0]}]."),
+        click.option("--seeds", type=int, default=_default(ApplyConfig, "seeds"), show_default=True,
+                     help="How many seeds per alpha."),
+        click.option("--seed", type=int, default=_default(ApplyConfig, "seed"), show_default=True,
+                     help="First seed."),
+        click.option("--steps", type=int, default=_default(ApplyConfig, "steps"), show_default=True),
+        click.option("--guidance", type=float, default=_default(ApplyConfig, "guidance"), show_default=True),
+        click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt")),
+        click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True),
+        click.option("--grid/--no-grid", default=_default(ApplyConfig, "grid"), show_default=True,
+                     help="Also write a labelled grid when several images are made."),
+        click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
+                     help="Folder for the PNGs."),
+        click.option("--model", default=None, help="Base model [default: the one the profile was made with]."),
+        click.option("--force", is_flag=True, help="Apply even if the base model's weights differ."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return model_options(func)
+
+
+def _run_apply(profile, prompt, out, model, device, dtype, force, **settings) -> None:
+    from .api import apply as apply_profile
+
+    config = ApplyConfig(**settings)
+    warn = functools.partial(click.echo, err=True)
+    paths = apply_profile(profile, prompt, out_dir=out, model=model, config=config, device=device,
+                          dtype=dtype, force=force, warn=lambda m: warn(f"Warning: {m}"))
+    for path in paths:
+        click.echo(str(path))
+
+
+@cli.group()
+def apply() -> None:
+    """Edit with a profile toward a new prompt (Imagic stage 3)."""
+
+
+@apply.command(name="profile")
+@click.argument("name")
+@click.argument("prompt")
+@apply_options
+@user_errors
+def apply_stored(name, prompt, **options) -> None:
+    """Apply the stored profile NAME to PROMPT."""
+    _run_apply(ProfileStore().get(name), prompt, **options)
+
+
+@apply.command(name="file")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("prompt")
+@apply_options
+@user_errors
+def apply_file(path, prompt, **options) -> None:
+    """Apply the shared profile file PATH to PROMPT without importing it."""
+    _run_apply(read_profile_file(path), prompt, **options)
+
+
+@cli.group()
+def profiles() -> None:
+    """List, inspect, share and manage stored profiles."""
+
+
+@profiles.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def profiles_list(as_json) -> None:
+    """List stored profiles."""
+    rows = ProfileStore().list()
+    if as_json:
+        for row in rows:
+            row["metadata"] = json.loads(row["metadata"])
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No profiles yet. Try: imagic-lora train NAME IMAGE --prompt \"a photo of ...\"")
+    for row in rows:
+        click.echo(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
+                   f"{row['resolution']}px  {row['size_bytes'] / 1024:.0f} KiB  {row['created_at']}")
+
+
+@profiles.command(name="show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def profiles_show(name, as_json) -> None:
+    """Show a profile's metadata."""
+    info = ProfileStore().info(name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    meta = info.pop("metadata")
+    for key, value in {**info, **meta}.items():
+        if key not in ("format_version",) or value is not None:
+            click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+@profiles.command(name="rm")
+@click.argument("name")
+@user_errors
+def profiles_rm(name) -> None:
+    """Delete a profile."""
+    ProfileStore().remove(name)
+    click.echo(f"Removed profile {name!r}")
+
+
+@profiles.command(name="rename")
+@click.argument("old")
+@click.argument("new")
+@user_errors
+def profiles_rename(old, new) -> None:
+    """Rename profile OLD to NEW."""
+    ProfileStore().rename(old, new)
+    click.echo(f"Renamed profile {old!r} to {new!r}")
+
+
+@profiles.command(name="path")
+def profiles_path() -> None:
+    """Print where the profile database lives."""
+    click.echo(str(ProfileStore().path))
+
+
+@profiles.command(name="export")
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False))
+@user_errors
+def profiles_export(name, path) -> None:
+    """Write profile NAME to one shareable .safetensors file."""
+    click.echo(str(ProfileStore().export(name, path)))
+
+
+@profiles.command(name="import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="Store it under this name instead of the file's.")
+@click.option("--replace", is_flag=True, help="Overwrite an existing profile of that name.")
+@user_errors
+def profiles_import(path, name, replace) -> None:
+    """Validate a shared profile file and add it to the store."""
+    profile = ProfileStore().import_file(path, name=name, replace=replace)
+    click.echo(f"Imported profile {profile.name!r}")
+
+
+def main() -> None:
+    cli(prog_name="imagic-lora")

@@ -1,0 +1,85 @@
+"""Dataclasses holding every default; the CLI reads its option defaults from here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import InvalidConfig
+
+OPTIMIZERS = ("adamw8bit", "adamw")
+FITS = ("crop", "pad")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidConfig(message)
+
+
+def _positive_finite(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the three Imagic training stages (paper section 3, steps A and B).
+
+    Defaults: stage 1 follows the community SD ports (500 Adam steps at 1e-3);
+    stage 2 uses diffusers' LoRA example settings (rank 4, AdamW at 1e-4) for
+    500 steps, a third of the paper's 1500 full-model steps.
+    """
+
+    embedding_steps: int = 500
+    embedding_lr: float = 1e-3
+    lora_steps: int = 500
+    lora_lr: float = 1e-4
+    rank: int = 4
+    lora_alpha: float = 4.0
+    optimizer: str = "adamw8bit"
+    resolution: int | None = None
+    fit: str = "crop"
+    seed: int = 0
+    gradient_checkpointing: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.embedding_steps >= 0, f"--embedding-steps must be >= 0, got {self.embedding_steps}")
+        _check(self.lora_steps >= 0, f"--lora-steps must be >= 0, got {self.lora_steps}")
+        _check(_positive_finite(self.embedding_lr), f"--embedding-lr must be > 0, got {self.embedding_lr}")
+        _check(_positive_finite(self.lora_lr), f"--lora-lr must be > 0, got {self.lora_lr}")
+        _check(1 <= self.rank <= 256, f"--rank must be in [1, 256], got {self.rank}")
+        _check(_positive_finite(self.lora_alpha), f"--lora-alpha must be > 0, got {self.lora_alpha}")
+        _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.resolution is not None:
+            _check(
+                64 <= self.resolution <= 2048 and self.resolution % 8 == 0,
+                f"--resolution must be a multiple of 8 in [64, 2048], got {self.resolution}",
+            )
+
+
+@dataclass
+class ApplyConfig:
+    """Settings of Imagic's interpolation and generation step (paper section 3, step C)."""
+
+    alphas: tuple[float, ...] = (0.7,)
+    seeds: int = 1
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 7.5
+    negative_prompt: str = ""
+    batch_size: int = 4
+    grid: bool = True
+
+    def __post_init__(self) -> None:
+        self.alphas = tuple(self.alphas) or (0.7,)
+        for alpha in self.alphas:
+            _check(math.isfinite(alpha) and 0 <= alpha <= 1.5, f"--alpha must be in [0, 1.5], got {alpha}")
+        _check(1 <= self.seeds <= 64, f"--seeds must be in [1, 64], got {self.seeds}")
+        _check(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
+        _check(1 <= self.steps <= 1000, f"--steps must be in [1, 1000], got {self.steps}")
+        _check(math.isfinite(self.guidance) and self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
+        _check(1 <= self.batch_size <= 64, f"--batch-size must be in [1, 64], got {self.batch_size}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]

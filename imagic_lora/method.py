@@ -1,0 +1,211 @@
+"""The Imagic method (Kawar et al. 2022) with a LoRA adapter in place of full fine-tuning.
+
+Three stages share one :func:`diffusion_loss`: optimize the text embedding (A), fine-tune a
+LoRA adapter on the UNet (B), interpolate embeddings and generate (C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import ApplyConfig, TrainConfig
+from .errors import InvalidConfig, TrainingDiverged
+from .lora import add_lora, lora_state_dict, remove_lora
+from .models import BaseModel
+
+
+@dataclass
+class StageResult:
+    """What one training stage leaves behind: its losses per step."""
+
+    losses: list[float]
+
+    @property
+    def final_loss(self) -> float | None:
+        tail = self.losses[-50:]
+        return sum(tail) / len(tail) if tail else None
+
+
+def _autocast(base: BaseModel):
+    if base.dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(base.device.type, dtype=base.dtype)
+
+
+@torch.no_grad()
+def encode_prompt(base: BaseModel, prompt: str) -> torch.Tensor:
+    """The CLIP text embedding ``[1, 77, dim]`` of ``prompt``, as fp32, via the pipeline's encoder."""
+    embeds, _ = base.pipe.encode_prompt(prompt, base.device, 1, do_classifier_free_guidance=False)
+    return embeds.float()
+
+
+@torch.no_grad()
+def encode_image(base: BaseModel, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents of ``pixels`` in [-1, 1], scaled by the VAE's ``scaling_factor``, as fp32."""
+    vae = base.pipe.vae
+    latents = vae.encode(pixels.to(base.device, vae.dtype)).latent_dist.mean
+    return latents.float() * vae.config.scaling_factor
+
+
+def diffusion_loss(
+    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """``‖target − f(x_t, t, e)‖²`` with the target ε or v as the scheduler predicts."""
+    scheduler = base.pipe.scheduler
+    prediction_type = scheduler.config.prediction_type
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise InvalidConfig(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
+    with _autocast(base):
+        prediction = base.pipe.unet(noisy, timesteps, encoder_hidden_states=embedding).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def random_loss_fn(
+    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, generator: torch.Generator
+) -> Callable[[], torch.Tensor]:
+    """A closure drawing a fresh (t, ε) from ``generator`` each call and returning the loss."""
+    num_timesteps = base.pipe.scheduler.config.num_train_timesteps
+
+    def loss() -> torch.Tensor:
+        timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        return diffusion_loss(base, latents, embedding, timesteps.to(base.device), noise.to(base.device))
+
+    return loss
+
+
+def _optimize(
+    loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, stage: str, progress: bool
+) -> StageResult:
+    """The one training loop: step ``optimizer`` on ``loss_fn`` and stop on a non-finite loss."""
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=stage, disable=not progress, leave=True, dynamic_ncols=True)
+    for step in bar:
+        loss = loss_fn()
+        value = loss.item()
+        if not torch.isfinite(loss):
+            bar.close()
+            raise TrainingDiverged(
+                f"{stage}: loss became {value} at step {step + 1}; nothing was saved. Try: a lower learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(value)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    return StageResult(losses)
+
+
+def _with_training_mode(base: BaseModel, checkpointing: bool):
+    unet = base.pipe.unet
+
+    @contextlib.contextmanager
+    def scope():
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        try:
+            yield
+        finally:
+            unet.eval()
+            if checkpointing:
+                unet.disable_gradient_checkpointing()
+
+    return scope()
+
+
+def _checkpointing(base: BaseModel, config: TrainConfig) -> bool:
+    if config.gradient_checkpointing is None:
+        return base.device.type == "cuda"
+    return config.gradient_checkpointing
+
+
+def optimize_embedding(
+    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, config: TrainConfig,
+    generator: torch.Generator, progress: bool = True,
+) -> tuple[torch.Tensor, StageResult]:
+    """Imagic step A: with the UNet frozen, fit the text embedding to the image (Adam)."""
+    e_opt = embedding.detach().clone().float().requires_grad_(True)
+    optimizer = torch.optim.Adam([e_opt], lr=config.embedding_lr)
+    loss_fn = random_loss_fn(base, latents, e_opt, generator)
+    with _with_training_mode(base, _checkpointing(base, config)):
+        result = _optimize(loss_fn, optimizer, config.embedding_steps, "1/2 embedding", progress)
+    return e_opt.detach(), result
+
+
+def finetune_lora(
+    base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, config: TrainConfig,
+    generator: torch.Generator, progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], StageResult]:
+    """Imagic step B: with e_opt frozen, train a LoRA adapter on the UNet's attention projections."""
+    params = add_lora(base.pipe.unet, config.rank, config.lora_alpha)
+    try:
+        optimizer = make_optimizer(params, config)
+        loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
+        with _with_training_mode(base, _checkpointing(base, config)):
+            result = _optimize(loss_fn, optimizer, config.lora_steps, "2/2 LoRA", progress)
+        return lora_state_dict(base.pipe.unet), result
+    finally:
+        remove_lora(base.pipe.unet)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """bitsandbytes ``AdamW8bit`` (default) or torch ``AdamW`` over the LoRA parameters."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lora_lr)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise InvalidConfig(
+            "--optimizer adamw8bit needs bitsandbytes. Try: pip install bitsandbytes, or --optimizer adamw"
+        ) from None
+    return bnb.optim.AdamW8bit(params, lr=config.lora_lr)
+
+
+def interpolate(e_new: torch.Tensor, e_opt: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Imagic step C, the embedding: ``α·e_new + (1−α)·e_opt``."""
+    return alpha * e_new + (1 - alpha) * e_opt
+
+
+@torch.no_grad()
+def generate(
+    base: BaseModel, e_opt: torch.Tensor, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True
+) -> list[tuple[float, int, Image.Image]]:
+    """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds``.
+
+    Load an adapter into ``base`` first (:func:`imagic_lora.lora.load_lora`) to edit with it.
+    """
+    e_new = encode_prompt(base, prompt)
+    negative = encode_prompt(base, config.negative_prompt)
+    jobs = [(alpha, seed) for alpha in config.alphas for seed in config.seed_list]
+    results = []
+    bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(jobs), config.batch_size):
+        batch = jobs[start : start + config.batch_size]
+        embeds = torch.cat([interpolate(e_new, e_opt.to(base.device), alpha) for alpha, _ in batch])
+        images = base.pipe(
+            prompt_embeds=embeds.to(base.dtype),
+            negative_prompt_embeds=negative.expand(len(batch), -1, -1).to(base.dtype),
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
+            height=resolution,
+            width=resolution,
+        ).images
+        results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images)]
+        bar.update(len(batch))
+    bar.close()
+    return results
+

@@ -1,0 +1,139 @@
+"""Load a base Stable Diffusion model: built-in, hub id, local folder or single file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from .errors import InvalidConfig, ModelLoadError
+from .tiny import TINY_MODEL, tiny_pipeline
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MODEL_ENV = "IMAGIC_LORA_MODEL"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAMPLES_PER_TENSOR = 4
+
+
+def default_model() -> str:
+    """The model used when none is given: ``$IMAGIC_LORA_MODEL`` or SD 1.5."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def choose_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else CPU, unless ``device`` names one."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InvalidConfig(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+
+
+def choose_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """The dtype of frozen weights: fp16 on CUDA, fp32 elsewhere, unless ``dtype`` names one."""
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InvalidConfig(f"--dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class BaseModel:
+    """A loaded pipeline with the id it came from, where it runs and its frozen dtype."""
+
+    model_id: str
+    pipe: StableDiffusionPipeline
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def native_resolution(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.pipe.text_encoder.config.hidden_size
+
+    def weight_sample(self) -> torch.Tensor:
+        """A few evenly spaced values of every UNet and text encoder weight, as fp32 on CPU."""
+        values = []
+        for _, param in _named_weights(self.pipe):
+            flat = param.detach().reshape(-1)
+            index = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR).long().to(flat.device)
+            values.append(flat[index].float().cpu())
+        return torch.cat(values)
+
+    def architecture_hash(self) -> str:
+        """A hash of every UNet and text encoder weight's name and shape."""
+        digest = hashlib.sha256()
+        for name, param in _named_weights(self.pipe):
+            digest.update(f"{name}:{tuple(param.shape)};".encode())
+        return digest.hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """``<architecture hash>-<weights hash>``; the weights hash rounds samples to fp16."""
+        sample = self.weight_sample().half().numpy().tobytes()
+        return f"{self.architecture_hash()}-{hashlib.sha256(sample).hexdigest()[:16]}"
+
+
+def _named_weights(pipe: StableDiffusionPipeline):
+    for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        for name, param in sorted(module.named_parameters()):
+            if "lora_" not in name:
+                yield f"{prefix}.{name}", param
+
+
+def load_model(model: str | None = None, device: str | None = None, dtype: str | None = None) -> BaseModel:
+    """Load ``model`` (default: :func:`default_model`) with a DDIM scheduler, ready to train or apply."""
+    model_id = model or default_model()
+    torch_device = choose_device(device)
+    torch_dtype = choose_dtype(torch_device, dtype)
+    pipe = _load_pipeline(model_id, torch_dtype)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.to(torch_device)
+    return BaseModel(model_id, pipe, torch_device, torch_dtype)
+
+
+def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
+    if model_id == TINY_MODEL:
+        pipe = tiny_pipeline()
+        return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
+    path = Path(model_id).expanduser()
+    try:
+        if path.is_file():
+            return _load_single_file(path, torch_dtype)
+        if path.is_dir():
+            return StableDiffusionPipeline.from_pretrained(
+                path, torch_dtype=torch_dtype, safety_checker=None, local_files_only=True
+            )
+        if model_id.startswith((".", "/", "~")) or model_id.endswith(".safetensors"):
+            raise ModelLoadError(f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline")
+        return StableDiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype, safety_checker=None)
+    except ModelLoadError:
+        raise
+    except Exception as ex:  # diffusers and the hub raise many kinds; the user needs one line
+        reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        raise ModelLoadError(
+            f"could not load model {model_id!r}: {reason[:200]}. "
+            f"Try: a local diffusers folder, a .safetensors checkpoint, a hub id already in the cache, "
+            f"or --model {TINY_MODEL} to try the tool offline"
+        ) from None
+
+
+def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
+    if path.suffix != ".safetensors":
+        raise ModelLoadError(
+            f"{path} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
+            "Try: convert it to .safetensors first"
+        )
+    return StableDiffusionPipeline.from_single_file(str(path), torch_dtype=torch_dtype, safety_checker=None)

@@ -1,0 +1,187 @@
+"""An edit profile and its one-file form: safetensors tensors plus JSON metadata, no pickle.
+
+Tensors: ``e_opt`` (fp32), ``source_embedding`` (fp16), ``thumbnail`` (uint8),
+``base_sample`` (fp16) and the LoRA weights under ``unet.*`` in diffusers naming (fp16).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field, replace
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from .errors import InvalidProfileFile, InvalidProfileName
+
+FORMAT = "imagic-lora-profile"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+LORA_KEY = re.compile(r"unet\.[A-Za-z0-9_.]+\.lora\.(down|up)\.weight")
+FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
+REQUIRED_METADATA = {
+    "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
+    "losses": dict, "resolution": int, "image_sha256": str, "created_at": str, "library_version": str,
+}
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a short identifier (letters, digits, ``-``, ``_``, ``.``)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        shown = repr(name)[:70]
+        raise InvalidProfileName(
+            f"invalid profile name {shown}: use up to 64 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class Profile:
+    """One image's optimized embedding and LoRA adapter, with everything needed to reuse them."""
+
+    name: str
+    e_opt: torch.Tensor
+    source_embedding: torch.Tensor
+    lora: dict[str, torch.Tensor]
+    thumbnail: torch.Tensor
+    base_sample: torch.Tensor
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return int(self.metadata["lora"]["rank"])
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.metadata["lora"]["alpha"])
+
+    def renamed(self, name: str) -> Profile:
+        return replace(self, name=check_name(name))
+
+    def to_bytes(self) -> bytes:
+        """The shareable ``.safetensors`` bytes, which are also what the store keeps."""
+        tensors = {
+            "e_opt": self.e_opt.float().contiguous(),
+            "source_embedding": self.source_embedding.half().contiguous(),
+            "thumbnail": self.thumbnail.to(torch.uint8).contiguous(),
+            "base_sample": self.base_sample.half().contiguous(),
+        }
+        tensors.update({key: value.half().contiguous() for key, value in self.lora.items()})
+        header = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "name": self.name,
+            "profile": json.dumps(self.metadata, sort_keys=True),
+        }
+        return save_tensors(tensors, metadata=header)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "profile file") -> Profile:
+        """Parse and validate profile bytes; anything unexpected raises :class:`InvalidProfileFile`."""
+        header = read_header(data, source)
+        metadata = _check_metadata(header, source)
+        try:
+            tensors = load_tensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as ex:
+            raise InvalidProfileFile(f"{source} is not a valid safetensors file: {ex}") from None
+        _check_tensors(tensors, metadata, source)
+        lora = {k: v.float() for k, v in tensors.items() if k.startswith("unet.")}
+        return cls(
+            name=check_name(header["name"]),
+            e_opt=tensors["e_opt"].float(),
+            source_embedding=tensors["source_embedding"].float(),
+            lora=lora,
+            thumbnail=tensors["thumbnail"],
+            base_sample=tensors["base_sample"].float(),
+            metadata=metadata,
+        )
+
+
+def read_header(data: bytes, source: str) -> dict:
+    """The ``__metadata__`` of a safetensors blob, checked for size and format before any tensor is read."""
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidProfileFile(f"{source} is {len(data)} bytes, over the {MAX_FILE_BYTES} byte limit")
+    if len(data) < 8:
+        raise InvalidProfileFile(f"{source} is truncated or not a safetensors file ({len(data)} bytes)")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise InvalidProfileFile(f"{source} is truncated or not a safetensors file (bad header length)")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidProfileFile(f"{source} is not a safetensors file (unreadable header)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise InvalidProfileFile(f"{source} is not an imagic-lora profile (no '{FORMAT}' metadata)")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise InvalidProfileFile(
+            f"{source} has profile format version {str(version)[:20]!r}; this imagic-lora reads version "
+            f"{FORMAT_VERSION}. Try: upgrading imagic-lora"
+        )
+    if not isinstance(metadata.get("name"), str):
+        raise InvalidProfileFile(f"{source} has no profile name in its metadata")
+    return metadata
+
+
+def _check_metadata(header: dict, source: str) -> dict:
+    try:
+        metadata = json.loads(header.get("profile", ""))
+    except (TypeError, ValueError):
+        raise InvalidProfileFile(f"{source} has unreadable profile metadata (not JSON)") from None
+    if not isinstance(metadata, dict):
+        raise InvalidProfileFile(f"{source} has profile metadata that is not a JSON object")
+    for key, kind in REQUIRED_METADATA.items():
+        if not isinstance(metadata.get(key), kind):
+            raise InvalidProfileFile(f"{source} metadata lacks {key!r} (expected {kind.__name__})")
+    lora = metadata["lora"]
+    if not isinstance(lora.get("rank"), int) or not isinstance(lora.get("alpha"), (int, float)):
+        raise InvalidProfileFile(f"{source} metadata has no valid LoRA rank and alpha")
+    return metadata
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str) -> None:
+    def fail(what: str) -> None:
+        raise InvalidProfileFile(f"{source}: {what}")
+
+    for key in FIXED_TENSORS:
+        if key not in tensors:
+            fail(f"missing tensor {key!r}")
+    lora_keys = [key for key in tensors if key not in FIXED_TENSORS]
+    for key in lora_keys:
+        if not LORA_KEY.fullmatch(key):
+            fail(f"unexpected tensor {key[:80]!r}")
+    if not lora_keys:
+        fail("no LoRA weights")
+    e_opt, source_embedding = tensors["e_opt"], tensors["source_embedding"]
+    if e_opt.dim() != 3 or e_opt.shape[0] != 1 or e_opt.shape != source_embedding.shape:
+        fail(f"embeddings have shapes {tuple(e_opt.shape)} and {tuple(source_embedding.shape)}, expected equal [1, tokens, dim]")
+    thumb = tensors["thumbnail"]
+    if thumb.dtype != torch.uint8 or thumb.dim() != 3 or thumb.shape[2] != 3 or max(thumb.shape[:2]) > 512:
+        fail("thumbnail is not a small RGB uint8 image")
+    _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata["lora"]["rank"], fail)
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            fail(f"tensor {key[:80]!r} holds NaN or infinite values")
+    if not math.isfinite(metadata["lora"]["alpha"]):
+        fail("LoRA alpha is not finite")
+
+
+def _check_lora_shapes(lora: dict[str, torch.Tensor], rank: int, fail) -> None:
+    for key, value in lora.items():
+        if not value.is_floating_point() or value.dim() != 2:
+            fail(f"LoRA tensor {key[:80]!r} is not a 2-D float matrix")
+        is_down = key.endswith(".lora.down.weight")
+        partner = key.replace(".lora.down.", ".lora.up.") if is_down else key.replace(".lora.up.", ".lora.down.")
+        if partner not in lora:
+            fail(f"LoRA tensor {key[:80]!r} has no matching {'up' if is_down else 'down'} weight")
+        if (value.shape[0] if is_down else value.shape[1]) != rank:
+            fail(f"LoRA tensor {key[:80]!r} has shape {tuple(value.shape)}, not rank {rank}")
