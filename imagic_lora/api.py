@@ -162,7 +162,7 @@ def _write_outputs(profile, prompt, base, config, results, out: Path) -> list[Pa
         tiles: list[tuple[str, Image.Image]] = []
         for alpha in config.alphas:
             tiles.append(("input", source))
-            tiles += [(f"a={a:.2f} seed={s}", im) for a, s, im in results if a == alpha]
+            tiles += [(f"alpha {a:.2f}  seed {s}", im) for a, s, im in results if a == alpha]
         save_png(labelled_grid(tiles, len(config.seed_list) + 1, max(size, 128)), path,
                  _parameters(profile, prompt, base, config, None, None))
         paths.append(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import warnings
 from dataclasses import fields
@@ -28,6 +29,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def user_errors(func):

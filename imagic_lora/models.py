@@ -83,9 +83,11 @@ class BaseModel:
 
 
 def _named_weights(pipe: StableDiffusionPipeline):
+    """Base weights by name, sorted; names are the same before and after PEFT wraps a layer."""
     for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
-        for name, param in sorted(module.named_parameters()):
-            if "lora_" not in name:
+        named = ((name.replace(".base_layer.", "."), param) for name, param in module.named_parameters())
+        for name, param in sorted(named, key=lambda item: item[0]):
+            if ".lora_" not in name:
                 yield f"{prefix}.{name}", param
 
 

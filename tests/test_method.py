@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLE_INPUT, FAST, PROMPT
+from diffusers import StableDiffusionPipeline
+
+from imagic_lora import ApplyConfig, TrainConfig, TrainingDiverged
+from imagic_lora.images import fit_image, load_image, to_tensor
+from imagic_lora.lora import load_lora, remove_lora
+from imagic_lora.method import (
+    diffusion_loss,
+    encode_image,
+    encode_prompt,
+    finetune_lora,
+    generate,
+    interpolate,
+    optimize_embedding,
+)
+from imagic_lora.models import _named_weights
+
+
+def _latents(base):
+    return encode_image(base, to_tensor(fit_image(load_image(EXAMPLE_INPUT), base.native_resolution)))
+
+
+def _eval_set(base, latents, count=16):
+    generator = torch.Generator().manual_seed(123)
+    timesteps = torch.randint(0, base.pipe.scheduler.config.num_train_timesteps, (count,), generator=generator)
+    noise = torch.randn((count, *latents.shape[1:]), generator=generator)
+    return timesteps, noise
+
+
+@torch.no_grad()
+def _eval_loss(base, latents, embedding, eval_set):
+    timesteps, noise = eval_set
+    count = len(timesteps)
+    return diffusion_loss(
+        base, latents.expand(count, -1, -1, -1), embedding.expand(count, -1, -1), timesteps, noise
+    ).item()
+
+
+def _base_weights(base):
+    return {name: param.detach().clone() for name, param in _named_weights(base.pipe)}
+
+
+def _image(base, embedding, alpha=1.0):
+    config = ApplyConfig(alphas=(alpha,), steps=4)
+    [(_, _, image)] = generate(base, embedding, PROMPT, config, base.native_resolution, progress=False)
+    return np.asarray(image)
+
+
+def test_stage1_lowers_the_loss_on_a_fixed_evaluation_set(tiny):
+    latents = _latents(tiny)
+    source = encode_prompt(tiny, PROMPT)
+    eval_set = _eval_set(tiny, latents)
+    before = _eval_loss(tiny, latents, source, eval_set)
+    # The random tiny UNet barely listens to its text input, so a high rate makes the effect measurable.
+    config = TrainConfig(embedding_steps=60, embedding_lr=1e-1)
+    e_opt, result = optimize_embedding(tiny, latents, source, config, torch.Generator().manual_seed(0), False)
+    after = _eval_loss(tiny, latents, e_opt, eval_set)
+    assert len(result.losses) == 60
+    assert after < before - 3e-3, (before, after)
+    assert not torch.equal(e_opt, source)
+
+
+def test_stage1_leaves_the_unet_frozen(tiny):
+    latents = _latents(tiny)
+    weights = _base_weights(tiny)
+    optimize_embedding(tiny, latents, encode_prompt(tiny, PROMPT), FAST, torch.Generator().manual_seed(0), False)
+    assert all(torch.equal(weights[name], param) for name, param in _named_weights(tiny.pipe))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw8bit", "adamw"])
+def test_stage2_keeps_base_weights_and_changes_the_output(tiny, optimizer):
+    latents = _latents(tiny)
+    e_opt = encode_prompt(tiny, PROMPT)
+    weights = _base_weights(tiny)
+    before = _image(tiny, e_opt)
+    config = TrainConfig(lora_steps=6, lora_lr=1e-2, optimizer=optimizer)
+    lora, result = finetune_lora(tiny, latents, e_opt, config, torch.Generator().manual_seed(0), False)
+
+    assert all(torch.equal(weights[name], param) for name, param in _named_weights(tiny.pipe))
+    assert np.array_equal(_image(tiny, e_opt), before), "removing the adapter must restore the base model"
+    assert len(result.losses) == 6 and all(key.startswith("unet.") for key in lora)
+    assert any(value.abs().sum() > 0 for key, value in lora.items() if ".lora.up." in key)
+
+    load_lora(tiny.pipe.unet, lora, config.rank, config.lora_alpha)
+    assert not np.array_equal(_image(tiny, e_opt), before), "the trained adapter must change the output"
+    remove_lora(tiny.pipe.unet)
+    assert np.array_equal(_image(tiny, e_opt), before)
+
+
+def test_lora_save_and_reload_gives_the_identical_image(tiny, trained):
+    load_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha)
+    first = _image(tiny, trained.e_opt, alpha=0.7)
+    remove_lora(tiny.pipe.unet)
+    load_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha)
+    assert np.array_equal(_image(tiny, trained.e_opt, alpha=0.7), first)
+
+
+def test_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(tiny):
+    """With no adapter and α = 1 our generate equals StableDiffusionPipeline(prompt=...)."""
+    unused_e_opt = torch.randn(1, 77, tiny.embedding_dim)
+    ours = generate(tiny, unused_e_opt, PROMPT, ApplyConfig(alphas=(1.0,), steps=5), 64, progress=False)[0][2]
+    c = tiny.pipe.components
+    plain = StableDiffusionPipeline(**c)
+    plain.set_progress_bar_config(disable=True)
+    theirs = plain(
+        prompt=PROMPT, negative_prompt="", num_inference_steps=5, guidance_scale=7.5, height=64, width=64,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_interpolate_endpoints():
+    e_new, e_opt = torch.randn(1, 77, 8), torch.randn(1, 77, 8)
+    assert torch.equal(interpolate(e_new, e_opt, 0.0), e_opt)
+    assert torch.equal(interpolate(e_new, e_opt, 1.0), e_new)
+    assert torch.allclose(interpolate(e_new, e_opt, 0.7), 0.7 * e_new + 0.3 * e_opt)
+
+
+def test_loss_target_follows_prediction_type(tiny):
+    latents = _latents(tiny)
+    embedding = encode_prompt(tiny, PROMPT)
+    timesteps, noise = torch.tensor([500]), torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    scheduler = tiny.pipe.scheduler
+    with torch.no_grad():
+        prediction = tiny.pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embedding).sample
+        epsilon = diffusion_loss(tiny, latents, embedding, timesteps, noise)
+        scheduler.register_to_config(prediction_type="v_prediction")
+        velocity = diffusion_loss(tiny, latents, embedding, timesteps, noise)
+    expected_v = torch.mean((prediction - scheduler.get_velocity(latents, noise, timesteps)) ** 2)
+    assert torch.allclose(epsilon, torch.mean((prediction - noise) ** 2))
+    assert torch.allclose(velocity, expected_v)
+    assert not torch.allclose(epsilon, velocity)
+
+
+def test_nan_loss_stops_training_with_a_clear_error(tiny):
+    latents = _latents(tiny) * float("nan")
+    with pytest.raises(TrainingDiverged, match=r"1/2 embedding: loss became nan at step 1; nothing was saved"):
+        optimize_embedding(tiny, latents, encode_prompt(tiny, PROMPT), FAST, torch.Generator(), False)
