@@ -87,7 +87,8 @@ def random_loss_fn(
 
 
 def _optimize(
-    loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, stage: str, progress: bool
+    loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, stage: str, lr_option: str,
+    progress: bool,
 ) -> StageResult:
     """The one training loop: step ``optimizer`` on ``loss_fn`` and stop on a non-finite loss."""
     losses: list[float] = []
@@ -98,7 +99,7 @@ def _optimize(
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingDiverged(
-                f"{stage}: loss became {value} at step {step + 1}; nothing was saved. Try: a lower learning rate"
+                f"{stage}: loss became {value} at step {step + 1}; nothing was saved. Try: a lower {lr_option}"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,7 +142,7 @@ def optimize_embedding(
     optimizer = torch.optim.Adam([e_opt], lr=config.embedding_lr)
     loss_fn = random_loss_fn(base, latents, e_opt, generator)
     with _with_training_mode(base, _checkpointing(base, config)):
-        result = _optimize(loss_fn, optimizer, config.embedding_steps, "1/2 embedding", progress)
+        result = _optimize(loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress)
     return e_opt.detach(), result
 
 
@@ -155,7 +156,7 @@ def finetune_lora(
         optimizer = make_optimizer(params, config)
         loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
         with _with_training_mode(base, _checkpointing(base, config)):
-            result = _optimize(loss_fn, optimizer, config.lora_steps, "2/2 LoRA", progress)
+            result = _optimize(loss_fn, optimizer, config.lora_steps, "stage 2/2 LoRA", "--lora-lr", progress)
         return lora_state_dict(base.pipe.unet), result
     finally:
         remove_lora(base.pipe.unet)

@@ -116,20 +116,25 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
             return _load_single_file(path, torch_dtype)
         if path.is_dir():
             return StableDiffusionPipeline.from_pretrained(
-                path, torch_dtype=torch_dtype, safety_checker=None, local_files_only=True
+                path, dtype=torch_dtype, safety_checker=None, local_files_only=True
             )
         if model_id.startswith((".", "/", "~")) or model_id.endswith(".safetensors"):
             raise ModelLoadError(f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline")
-        return StableDiffusionPipeline.from_pretrained(model_id, torch_dtype=torch_dtype, safety_checker=None)
+        return StableDiffusionPipeline.from_pretrained(model_id, dtype=torch_dtype, safety_checker=None)
     except ModelLoadError:
         raise
     except Exception as ex:  # diffusers and the hub raise many kinds; the user needs one line
-        reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        reason = _first_sentence(ex)
         raise ModelLoadError(
             f"could not load model {model_id!r}: {reason[:200]}. "
             f"Try: a local diffusers folder, a .safetensors checkpoint, a hub id already in the cache, "
             f"or --model {TINY_MODEL} to try the tool offline"
         ) from None
+
+
+def _first_sentence(ex: Exception) -> str:
+    text = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+    return text.split(" (")[0].rstrip(".")
 
 
 def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
@@ -138,4 +143,4 @@ def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPi
             f"{path} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
             "Try: convert it to .safetensors first"
         )
-    return StableDiffusionPipeline.from_single_file(str(path), torch_dtype=torch_dtype, safety_checker=None)
+    return StableDiffusionPipeline.from_single_file(str(path), dtype=torch_dtype, safety_checker=None)

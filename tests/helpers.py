@@ -1,0 +1,55 @@
+"""Shared helpers for CLI tests: run the command, snapshot the store, craft hostile files."""
+
+import json
+import sqlite3
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from imagic_lora.cli import cli
+from imagic_lora.profile import read_header
+from imagic_lora.store import user_dir
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
+
+
+def error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def store_snapshot() -> list[tuple]:
+    """Every stored profile's name and exact bytes, read straight from SQLite."""
+    path = user_dir() / "profiles.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as conn:
+        return conn.execute("select name, data from profiles order by name").fetchall()
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def rewrite(data: bytes, tensors=None, header=None) -> bytes:
+    """Re-save profile bytes with some tensors or header entries replaced (None deletes)."""
+    all_tensors = dict(load_tensors(data))
+    all_header = dict(read_header(data, "test"))
+    for target, changes in ((all_tensors, tensors or {}), (all_header, header or {})):
+        for key, value in changes.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    return save_tensors(all_tensors, metadata=all_header)
+
+
+def with_metadata(data: bytes, **changes) -> bytes:
+    meta = json.loads(read_header(data, "test")["profile"])
+    meta.update(changes)
+    return rewrite(data, header={"profile": json.dumps(meta)})
