@@ -90,12 +90,12 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
     A different architecture is refused even with ``force``: its adapter cannot be loaded.
     """
     made_for = profile.metadata["base_model"]
+    made_with = profile.metadata["base_fingerprint"]
     expected_shape = (1, base.pipe.tokenizer.model_max_length, base.embedding_dim)
-    arch = profile.metadata["base_fingerprint"].split("-")[0]
-    if arch != base.architecture_hash() or tuple(profile.e_opt.shape) != expected_shape:
+    if made_with.split("-")[0] != base.architecture_hash() or tuple(profile.e_opt.shape) != expected_shape:
         raise IncompatibleProfile(
-            f"profile {profile.name!r} was made for {made_for!r}, whose architecture differs from "
-            f"{base.model_id!r}. Try: --model {made_for}"
+            f"profile {profile.name!r} does not fit {base.model_id!r}: it was made for {made_for!r} with another "
+            f"architecture. Try: --model {made_for}"
         )
     sample = base.weight_sample()
     same = sample.shape == profile.base_sample.shape and torch.allclose(
@@ -103,13 +103,16 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
     )
     if same:
         return None
-    message = (
-        f"profile {profile.name!r} was made for {made_for!r} (fingerprint "
-        f"{profile.metadata['base_fingerprint']}), but {base.model_id!r} has other weights "
-        f"(fingerprint {base.fingerprint()})"
-    )
+    if made_for == base.model_id:
+        message = (f"profile {profile.name!r} was made for other weights of {made_for!r} "
+                   f"(fingerprint {made_with}, this one {base.fingerprint()})")
+        hint = "Try: --force to apply it anyway"
+    else:
+        message = (f"profile {profile.name!r} was made for {made_for!r} (fingerprint {made_with}), "
+                   f"not {base.model_id!r} (fingerprint {base.fingerprint()})")
+        hint = f"Try: --model {made_for}, or --force to apply it anyway"
     if not force:
-        raise IncompatibleProfile(f"{message}. Try: --model {made_for}, or --force to apply it anyway")
+        raise IncompatibleProfile(f"{message}. {hint}")
     return message + "; applying anyway (--force)"
 
 

@@ -109,7 +109,7 @@ def apply_options(func):
         click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True),
         click.option("--grid/--no-grid", default=_default(ApplyConfig, "grid"), show_default=True,
                      help="Also write a labelled grid when several images are made."),
-        click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
+        click.option("--out", type=click.Path(), default=".", show_default=True,
                      help="Folder for the PNGs."),
         click.option("--model", default=None, help="Base model [default: the one the profile was made with]."),
         click.option("--force", is_flag=True, help="Apply even if the base model's weights differ."),

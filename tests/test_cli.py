@@ -90,3 +90,14 @@ def test_local_diffusers_folder_loads_as_a_model(image_path, tmp_path, tiny):
     # same weights as the built-in model, so its fingerprint matches and the profile applies there
     result = run("apply", "profile", "ball", "a ball", "--model", "builtin:tiny", "--out", tmp_path, *APPLY)
     assert result.exit_code == 0, result.output
+
+
+def test_the_shipped_example_profile_applies_to_the_built_in_model(tmp_path):
+    from conftest import EXAMPLE_PROFILE
+
+    result = run("apply", "file", EXAMPLE_PROFILE, "a blue ball on green grass", "--alpha", 0, "--alpha", 0.7,
+                 "--out", tmp_path, *APPLY)
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr, "the example must match the built-in model's fingerprint"
+    grid = Image.open(tmp_path / "example_a-blue-ball-on-green-grass_grid.png")
+    assert grid.size == (2 * 128, 2 * (128 + 14))

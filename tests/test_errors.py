@@ -1,0 +1,192 @@
+"""Bad input gets one clear ``Error:`` line, exit code 1, and leaves the store unchanged."""
+
+import json
+import pickle
+import random
+
+import pytest
+import torch
+from conftest import FAST, PROMPT
+from helpers import error_line, rewrite, run, store_snapshot, with_metadata
+from safetensors.torch import load
+
+from imagic_lora import ProfileStore, train
+from imagic_lora.profile import read_header
+
+TINY = ["--model", "builtin:tiny", "--embedding-steps", 1, "--lora-steps", 1]
+
+
+@pytest.fixture
+def store_with_ball(trained):
+    ProfileStore().save(trained)
+    return store_snapshot()
+
+
+@pytest.fixture
+def profile_bytes(trained):
+    return trained.to_bytes()
+
+
+def check_refused(args, expected, snapshot):
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert error_line(result) == expected
+    assert "Traceback" not in result.output
+    assert store_snapshot() == snapshot
+
+
+def test_train_errors(store_with_ball, image_path, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(image_path.read_bytes()[:300])
+    cases = [
+        (["train", "new", tmp_path / "nope.jpg", "--prompt", PROMPT, *TINY],
+         f"Error: image '{tmp_path / 'nope.jpg'}' not found. Try: a path to a JPEG, PNG or WebP file"),
+        (["train", "new", text, "--prompt", PROMPT, *TINY],
+         f"Error: cannot read image {text}: cannot identify image file '{text}'. Try: re-saving it as PNG or JPEG"),
+        (["train", "new", truncated, "--prompt", PROMPT, *TINY],
+         f"Error: cannot read image {truncated}: image file is truncated. Try: re-saving it as PNG or JPEG"),
+        (["train", "../evil", image_path, "--prompt", PROMPT, *TINY],
+         "Error: invalid profile name '../evil': use up to 64 letters, digits, '-', '_' or '.', "
+         "starting with a letter or digit"),
+        (["train", "ball", image_path, "--prompt", PROMPT, *TINY],
+         "Error: profile 'ball' already exists. Try: another name, or imagic-lora profiles rm ball"),
+        (["train", "new", image_path, "--prompt", " ", *TINY],
+         "Error: --prompt must describe the image as it is, e.g. 'a photo of a dog'"),
+        (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--rank", 0],
+         "Error: --rank must be in [1, 256], got 0"),
+        (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--embedding-lr", -1],
+         "Error: --embedding-lr must be > 0, got -1.0"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", tmp_path / "missing"],
+         f"Error: model path '{tmp_path / 'missing'}' does not exist. Try: --model builtin:tiny to try the tool offline"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", text],
+         f"Error: {text} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
+         "Try: convert it to .safetensors first"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", "nobody/no-such-model"],
+         "Error: could not load model 'nobody/no-such-model': Cannot load model nobody/no-such-model: the model is "
+         "not fully cached locally. Try: a local diffusers folder, a .safetensors checkpoint, a hub id already in "
+         "the cache, or --model builtin:tiny to try the tool offline"),
+        (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--embedding-steps", 3, "--embedding-lr", 1e30],
+         "Error: stage 1/2 embedding: loss became nan at step 2; nothing was saved. Try: a lower --embedding-lr"),
+        (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--device", "gpu"],
+         "Error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ]
+    for args, expected in cases:
+        check_refused(args, expected, store_with_ball)
+
+
+def test_interrupted_training_saves_nothing(store_with_ball, image_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("imagic_lora.api.finetune_lora", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train("new", image_path, PROMPT, model="builtin:tiny", config=FAST, progress=False)
+    assert store_snapshot() == store_with_ball
+
+
+def test_apply_and_profile_command_errors(store_with_ball, tmp_path):
+    out_file = tmp_path / "taken"
+    out_file.write_text("")
+    cases = [
+        (["apply", "profile", "nope", "a dog"], "Error: profile 'nope' not found. Try: imagic-lora profiles list"),
+        (["apply", "profile", "ball", "a dog", "--alpha", 2], "Error: --alpha must be in [0, 1.5], got 2.0"),
+        (["apply", "profile", "ball", "a dog", "--seeds", 0], "Error: --seeds must be in [1, 64], got 0"),
+        (["apply", "profile", "ball", ""], "Error: the edit prompt must not be empty, e.g. 'a jumping dog'"),
+        (["apply", "profile", "ball", "a dog", "--out", out_file],
+         f"Error: --out must be a folder, got the file '{out_file}'"),
+        (["apply", "profile", "bad/name", "a dog"],
+         "Error: invalid profile name 'bad/name': use up to 64 letters, digits, '-', '_' or '.', "
+         "starting with a letter or digit"),
+        (["profiles", "show", "nope"], "Error: profile 'nope' not found. Try: imagic-lora profiles list"),
+        (["profiles", "rm", "nope"], "Error: profile 'nope' not found. Try: imagic-lora profiles list"),
+        (["profiles", "rename", "nope", "x"], "Error: profile 'nope' not found. Try: imagic-lora profiles list"),
+        (["profiles", "rename", "ball", "ball"],
+         "Error: profile 'ball' already exists. Try: another name, or imagic-lora profiles rm ball"),
+        (["profiles", "rename", "ball", "a b"],
+         "Error: invalid profile name 'a b': use up to 64 letters, digits, '-', '_' or '.', "
+         "starting with a letter or digit"),
+        (["profiles", "export", "nope", tmp_path / "x.safetensors"],
+         "Error: profile 'nope' not found. Try: imagic-lora profiles list"),
+    ]
+    for args, expected in cases:
+        check_refused(args, expected, store_with_ball)
+
+
+def hostile_files(data: bytes, tmp_path):
+    """(file name, bytes, expected message after the path) for each kind of bad share file."""
+    e_opt = torch.zeros(1, 77, 32)
+    nan_e_opt = e_opt.clone()
+    nan_e_opt[0, 3, 5] = float("nan")
+    up_key = next(k for k in rewrite_keys(data) if ".lora.up." in k)
+    return [
+        ("truncated", data[: len(data) // 2], "is not a valid safetensors file: "),
+        ("short", data[:5], "is truncated or not a safetensors file (5 bytes)"),
+        ("random", random.Random(0).randbytes(4096), "is truncated or not a safetensors file (bad header length)"),
+        ("pickle", pickle.dumps({"e_opt": [1, 2, 3]}), "is truncated or not a safetensors file (bad header length)"),
+        ("empty", b"", "is truncated or not a safetensors file (0 bytes)"),
+        ("other", rewrite(data, header={"format": "something-else"}),
+         "is not an imagic-lora profile (no 'imagic-lora-profile' metadata)"),
+        ("future", rewrite(data, header={"format_version": "99"}),
+         "has profile format version '99'; this imagic-lora reads version 1. Try: upgrading imagic-lora"),
+        ("badjson", rewrite(data, header={"profile": "{not json"}), "has unreadable profile metadata (not JSON)"),
+        ("nometa", with_metadata(data, base_model=None), "metadata lacks 'base_model' (expected str)"),
+        ("missing", rewrite(data, tensors={"e_opt": None}), ": missing tensor 'e_opt'"),
+        ("extra", rewrite(data, tensors={"evil": torch.zeros(2)}), ": unexpected tensor 'evil'"),
+        ("shapes", rewrite(data, tensors={"e_opt": torch.zeros(1, 77, 16)}),
+         ": embeddings have shapes (1, 77, 16) and (1, 77, 32), expected equal [1, tokens, dim]"),
+        ("rank", rewrite(data, tensors={up_key: torch.zeros(32, 3)}),
+         f": LoRA tensor '{up_key}' has shape (32, 3), not rank 4"),
+        ("nan", rewrite(data, tensors={"e_opt": nan_e_opt}), ": tensor 'e_opt' holds NaN or infinite values"),
+        ("badname", rewrite(data, header={"name": "../../etc/passwd"}),
+         "invalid profile name '../../etc/passwd'"),
+    ]
+
+
+def rewrite_keys(data):
+    return list(load(data))
+
+
+def test_hostile_share_files_are_refused_by_import_and_apply(store_with_ball, profile_bytes, tmp_path):
+    for name, data, expected in hostile_files(profile_bytes, tmp_path):
+        path = tmp_path / f"{name}.imagic.safetensors"
+        path.write_bytes(data)
+        for args in (["profiles", "import", path], ["apply", "file", path, "a dog", "--out", tmp_path / "o"]):
+            result = run(*args)
+            assert result.exit_code == 1, (name, result.output)
+            line = error_line(result)
+            assert line.startswith("Error: ") and expected in line, (name, line)
+            assert "Traceback" not in result.output
+            assert store_snapshot() == store_with_ball
+            assert not (tmp_path / "o").exists()
+
+
+def test_profile_for_other_base_weights_is_refused_unless_forced(store_with_ball, profile_bytes, tmp_path):
+    other = tmp_path / "other.imagic.safetensors"
+    sample = load(profile_bytes)["base_sample"]
+    fingerprint = json.loads(read_header(profile_bytes, "x")["profile"])["base_fingerprint"]
+    arch = fingerprint.split("-")[0]
+    other.write_bytes(with_metadata(rewrite(profile_bytes, tensors={"base_sample": sample + 0.5}),
+                                    base_fingerprint=f"{arch}-0123456789abcdef"))
+    out = tmp_path / "out"
+    args = ["apply", "file", other, "a dog", "--steps", 2, "--out", out]
+    check_refused(args, f"Error: profile 'ball' was made for other weights of 'builtin:tiny' (fingerprint "
+                  f"{arch}-0123456789abcdef, this one {fingerprint}). Try: --force to apply it anyway",
+                  store_with_ball)
+    assert not out.exists()
+    result = run(*args, "--force")
+    assert result.exit_code == 0, result.output
+    assert "Warning: profile 'ball' was made for other weights of 'builtin:tiny'" in result.stderr
+    assert "applying anyway (--force)" in result.stderr
+    assert len(list(out.glob("*.png"))) == 1
+
+
+def test_profile_for_another_architecture_is_refused_even_when_forced(store_with_ball, profile_bytes, tmp_path):
+    other = tmp_path / "arch.imagic.safetensors"
+    other.write_bytes(rewrite(profile_bytes, tensors={
+        "e_opt": torch.zeros(1, 77, 16), "source_embedding": torch.zeros(1, 77, 16, dtype=torch.float16)}))
+    expected = ("Error: profile 'ball' does not fit 'builtin:tiny': it was made for 'builtin:tiny' with another "
+                "architecture. Try: --model builtin:tiny")
+    for force in ([], ["--force"]):
+        check_refused(["apply", "file", other, "a dog", *force], expected, store_with_ball)
