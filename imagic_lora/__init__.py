@@ -19,7 +19,7 @@ _EXPORTS = {
     "ProfileStore": "store", "read_profile_file": "store",
     "TINY_MODEL": "tiny",
 }
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str):

@@ -13,7 +13,7 @@ from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import IncompatibleProfile, InvalidConfig
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
-from .lora import load_lora, remove_lora
+from .lora import TARGET_MODULES, load_lora, remove_lora
 from .method import encode_image, encode_prompt, finetune_lora, generate, optimize_embedding
 from .models import BaseModel, load_model
 from .profile import Profile, check_name
@@ -70,7 +70,7 @@ def _metadata(base, prompt, config, resolution, image, loss1, loss2) -> dict:
         "source_prompt": prompt,
         "base_model": base.model_id,
         "base_fingerprint": base.fingerprint(),
-        "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
+        "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": list(TARGET_MODULES)},
         "training": {
             "embedding_steps": config.embedding_steps, "embedding_lr": config.embedding_lr,
             "lora_steps": config.lora_steps, "lora_lr": config.lora_lr, "optimizer": config.optimizer,

@@ -48,7 +48,10 @@ class TrainConfig:
         _check(_positive_finite(self.lora_lr), f"--lora-lr must be > 0, got {self.lora_lr}")
         _check(1 <= self.rank <= 256, f"--rank must be in [1, 256], got {self.rank}")
         _check(_positive_finite(self.lora_alpha), f"--lora-alpha must be > 0, got {self.lora_alpha}")
-        _check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
         _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.resolution is not None:
             _check(

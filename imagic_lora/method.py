@@ -142,7 +142,9 @@ def optimize_embedding(
     optimizer = torch.optim.Adam([e_opt], lr=config.embedding_lr)
     loss_fn = random_loss_fn(base, latents, e_opt, generator)
     with _with_training_mode(base, _checkpointing(base, config)):
-        result = _optimize(loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress)
+        result = _optimize(
+            loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress
+        )
     return e_opt.detach(), result
 
 
@@ -205,7 +207,7 @@ def generate(
             height=resolution,
             width=resolution,
         ).images
-        results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images)]
+        results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images, strict=True)]
         bar.update(len(batch))
     bar.close()
     return results

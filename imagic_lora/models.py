@@ -119,7 +119,9 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
                 path, dtype=torch_dtype, safety_checker=None, local_files_only=True
             )
         if model_id.startswith((".", "/", "~")) or model_id.endswith(".safetensors"):
-            raise ModelLoadError(f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline")
+            raise ModelLoadError(
+                f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline"
+            )
         return StableDiffusionPipeline.from_pretrained(model_id, dtype=torch_dtype, safety_checker=None)
     except ModelLoadError:
         raise

@@ -163,7 +163,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
         fail("no LoRA weights")
     e_opt, source_embedding = tensors["e_opt"], tensors["source_embedding"]
     if e_opt.dim() != 3 or e_opt.shape[0] != 1 or e_opt.shape != source_embedding.shape:
-        fail(f"embeddings have shapes {tuple(e_opt.shape)} and {tuple(source_embedding.shape)}, expected equal [1, tokens, dim]")
+        shapes = f"{tuple(e_opt.shape)} and {tuple(source_embedding.shape)}"
+        fail(f"embeddings have shapes {shapes}, expected equal [1, tokens, dim]")
     thumb = tensors["thumbnail"]
     if thumb.dtype != torch.uint8 or thumb.dim() != 3 or thumb.shape[2] != 3 or max(thumb.shape[:2]) > 512:
         fail("thumbnail is not a small RGB uint8 image")

@@ -5,7 +5,7 @@ import sqlite3
 
 import numpy as np
 from conftest import PROMPT
-from helpers import error_line, pixels, run, store_snapshot
+from helpers import pixels, run, store_snapshot
 from PIL import Image
 
 from imagic_lora.store import user_dir
@@ -31,7 +31,8 @@ def test_train_list_show_apply_export_import_apply_file(image_path, tmp_path):
     assert result.exit_code == 0 and result.stdout.startswith(f'ball: "{PROMPT}"  builtin:tiny  64px')
     shown = json.loads(run("profiles", "show", "ball", "--json").stdout)
     assert shown["metadata"]["training"]["lora_steps"] == 4
-    assert shown["metadata"]["lora"] == {"rank": 4, "alpha": 4.0, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    lora = {"rank": 4, "alpha": 4.0, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    assert shown["metadata"]["lora"] == lora
     assert "base_fingerprint: " in run("profiles", "show", "ball").stdout
 
     # apply from the store: one PNG per (alpha, seed) plus a grid

@@ -59,7 +59,8 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
         (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--embedding-lr", -1],
          "Error: --embedding-lr must be > 0, got -1.0"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", tmp_path / "missing"],
-         f"Error: model path '{tmp_path / 'missing'}' does not exist. Try: --model builtin:tiny to try the tool offline"),
+         f"Error: model path '{tmp_path / 'missing'}' does not exist. "
+         "Try: --model builtin:tiny to try the tool offline"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", text],
          f"Error: {text} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
          "Try: convert it to .safetensors first"),

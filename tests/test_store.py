@@ -1,3 +1,4 @@
+import re
 import sqlite3
 
 import pytest
@@ -42,7 +43,7 @@ def test_save_get_rename_remove(trained):
     store.rename("ball", "rex")
     assert [row["name"] for row in store.list()] == ["rex"]
     assert store.get("rex").name == "rex"
-    with pytest.raises(ProfileNotFound, match="profile 'ball' not found. Try: imagic-lora profiles list"):
+    with pytest.raises(ProfileNotFound, match=re.escape("profile 'ball' not found. Try: imagic-lora profiles list")):
         store.get("ball")
     store.remove("rex")
     assert store.list() == []
@@ -101,7 +102,8 @@ def lora_state_dict_shapes(unet):
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return {"unet." + k: v for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="imagic")).items()}
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="imagic"))
+    return {"unet." + key: value for key, value in state.items()}
 
 
 def test_lora_state_dict_uses_diffusers_names(tiny):
