@@ -1,0 +1,27 @@
+# One command sets up and runs the demo, one sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= demo-out
+
+.PHONY: setup demo test
+
+$(BIN)/imagic-lora: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# the CPU build of torch first, or pip pulls a multi-GB CUDA build for the dependencies
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/imagic-lora
+
+demo: setup
+	$(BIN)/imagic-lora train demo profiles/example-input.png --prompt "a red ball on green grass" \
+		--model builtin:tiny --replace
+	$(BIN)/imagic-lora apply profile demo "a blue ball on green grass" --alpha 0 --alpha 0.7 --out $(OUT)
+	@echo "Before/after: $(OUT)/demo_a-blue-ball-on-green-grass_grid.png"
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
