@@ -48,6 +48,9 @@ def train(
     # 2. encode the image and the prompt once
     latents = encode_image(base, to_tensor(fitted))
     source_embedding = encode_prompt(base, prompt)
+    if base.device.type != "cpu":  # free accelerator memory for the UNet's training
+        base.pipe.vae.to("cpu")
+        base.pipe.text_encoder.to("cpu")
 
     # 3. the two Imagic stages
     generator = torch.Generator("cpu").manual_seed(config.seed)

@@ -88,9 +88,12 @@ def random_loss_fn(
 
 def _optimize(
     loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, stage: str, lr_option: str,
-    progress: bool,
+    progress: bool, scaler: torch.amp.GradScaler,
 ) -> StageResult:
-    """The one training loop: step ``optimizer`` on ``loss_fn`` and stop on a non-finite loss."""
+    """The one training loop: step ``optimizer`` on ``loss_fn`` and stop on a non-finite loss.
+
+    ``scaler`` scales the loss when frozen weights are fp16, so small gradients do not underflow.
+    """
     losses: list[float] = []
     bar = tqdm(range(steps), desc=stage, disable=not progress, leave=True, dynamic_ncols=True)
     for step in bar:
@@ -102,8 +105,9 @@ def _optimize(
                 f"{stage}: loss became {value} at step {step + 1}; nothing was saved. Try: a lower {lr_option}"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(value)
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     return StageResult(losses)
@@ -127,6 +131,10 @@ def _with_training_mode(base: BaseModel, checkpointing: bool):
     return scope()
 
 
+def _grad_scaler(base: BaseModel) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(base.device.type, enabled=base.dtype == torch.float16)
+
+
 def _checkpointing(base: BaseModel, config: TrainConfig) -> bool:
     if config.gradient_checkpointing is None:
         return base.device.type == "cuda"
@@ -143,7 +151,7 @@ def optimize_embedding(
     loss_fn = random_loss_fn(base, latents, e_opt, generator)
     with _with_training_mode(base, _checkpointing(base, config)):
         result = _optimize(
-            loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress
+            loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress, _grad_scaler(base)
         )
     return e_opt.detach(), result
 
@@ -158,7 +166,9 @@ def finetune_lora(
         optimizer = make_optimizer(params, config)
         loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
         with _with_training_mode(base, _checkpointing(base, config)):
-            result = _optimize(loss_fn, optimizer, config.lora_steps, "stage 2/2 LoRA", "--lora-lr", progress)
+            result = _optimize(
+                loss_fn, optimizer, config.lora_steps, "stage 2/2 LoRA", "--lora-lr", progress, _grad_scaler(base)
+            )
         return lora_state_dict(base.pipe.unet), result
     finally:
         remove_lora(base.pipe.unet)

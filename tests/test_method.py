@@ -142,3 +142,19 @@ def test_nan_loss_stops_training_with_a_clear_error(tiny):
     expected = "stage 1/2 embedding: loss became nan at step 1; nothing was saved. Try: a lower --embedding-lr"
     with pytest.raises(TrainingDiverged, match=f"^{re.escape(expected)}$"):
         optimize_embedding(tiny, latents, encode_prompt(tiny, PROMPT), FAST, torch.Generator(), False)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_frozen_weights_train_fp32_adapters_and_match_the_fp32_fingerprint(dtype, trained):
+    from imagic_lora import check_compatible, load_model
+    from imagic_lora.lora import add_lora
+
+    base = load_model("builtin:tiny", dtype=dtype)
+    assert base.pipe.unet.dtype == base.pipe.text_encoder.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert check_compatible(trained, base) is None, "the same weights in lower precision are the same model"
+    params = add_lora(base.pipe.unet, 4, 4)
+    assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params)
+    remove_lora(base.pipe.unet)
+    latents = _latents(base)
+    lora, result = finetune_lora(base, latents, encode_prompt(base, PROMPT), FAST, torch.Generator(), False)
+    assert all(np.isfinite(result.losses)) and all(v.dtype == torch.float32 for v in lora.values())
