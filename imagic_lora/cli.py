@@ -65,18 +65,22 @@ def cli() -> None:
 @click.option("--prompt", required=True, help="What the image shows as it is, e.g. 'a photo of a dog'.")
 @click.option("--model", default=None, help="Hub id, diffusers folder, .safetensors file or builtin:tiny "
               "[default: $IMAGIC_LORA_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5].")
-@click.option("--embedding-steps", type=int, default=_default(TrainConfig, "embedding_steps"), show_default=True)
+@click.option("--embedding-steps", type=int, default=_default(TrainConfig, "embedding_steps"), show_default=True,
+              help="Stage 1: Adam steps fitting the text embedding to the image.")
 @click.option("--embedding-lr", type=float, default=_default(TrainConfig, "embedding_lr"), show_default=True)
-@click.option("--lora-steps", type=int, default=_default(TrainConfig, "lora_steps"), show_default=True)
+@click.option("--lora-steps", type=int, default=_default(TrainConfig, "lora_steps"), show_default=True,
+              help="Stage 2: steps training the LoRA adapter.")
 @click.option("--lora-lr", type=float, default=_default(TrainConfig, "lora_lr"), show_default=True)
-@click.option("--rank", type=int, default=_default(TrainConfig, "rank"), show_default=True)
-@click.option("--lora-alpha", type=float, default=_default(TrainConfig, "lora_alpha"), show_default=True)
+@click.option("--rank", type=int, default=_default(TrainConfig, "rank"), show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=float, default=_default(TrainConfig, "lora_alpha"), show_default=True,
+              help="LoRA scale numerator (scale = alpha / rank).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_default(TrainConfig, "optimizer"),
-              show_default=True)
+              show_default=True, help="Stage 2 optimizer: bitsandbytes 8-bit AdamW or torch AdamW.")
 @click.option("--resolution", type=int, default=None, help="Training size in pixels [default: the model's].")
 @click.option("--fit", type=click.Choice(FITS), default=_default(TrainConfig, "fit"), show_default=True,
               help="Make a non-square image square by center-cropping or padding.")
-@click.option("--seed", type=int, default=_default(TrainConfig, "seed"), show_default=True)
+@click.option("--seed", type=int, default=_default(TrainConfig, "seed"), show_default=True,
+              help="Seed of the timesteps and noise drawn in training.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing profile of that name.")
 @model_options
 @user_errors
@@ -103,10 +107,14 @@ def apply_options(func):
                      help="How many seeds per alpha."),
         click.option("--seed", type=int, default=_default(ApplyConfig, "seed"), show_default=True,
                      help="First seed."),
-        click.option("--steps", type=int, default=_default(ApplyConfig, "steps"), show_default=True),
-        click.option("--guidance", type=float, default=_default(ApplyConfig, "guidance"), show_default=True),
-        click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt")),
-        click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True),
+        click.option("--steps", type=int, default=_default(ApplyConfig, "steps"), show_default=True,
+                     help="DDIM sampling steps."),
+        click.option("--guidance", type=float, default=_default(ApplyConfig, "guidance"), show_default=True,
+                     help="Classifier-free guidance scale."),
+        click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt"),
+                     help="What to steer away from."),
+        click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True,
+                     help="Images generated together."),
         click.option("--grid/--no-grid", default=_default(ApplyConfig, "grid"), show_default=True,
                      help="Also write a labelled grid when several images are made."),
         click.option("--out", type=click.Path(), default=".", show_default=True,
@@ -114,9 +122,10 @@ def apply_options(func):
         click.option("--model", default=None, help="Base model [default: the one the profile was made with]."),
         click.option("--force", is_flag=True, help="Apply even if the base model's weights differ."),
     ]
+    func = model_options(func)
     for option in reversed(options):
         func = option(func)
-    return model_options(func)
+    return func
 
 
 def _run_apply(profile, prompt, out, model, device, dtype, force, **settings) -> None:

@@ -151,7 +151,8 @@ def optimize_embedding(
     loss_fn = random_loss_fn(base, latents, e_opt, generator)
     with _with_training_mode(base, _checkpointing(base, config)):
         result = _optimize(
-            loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress, _grad_scaler(base)
+            loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress,
+            _grad_scaler(base),
         )
     return e_opt.detach(), result
 

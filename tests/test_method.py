@@ -150,7 +150,8 @@ def test_low_precision_frozen_weights_train_fp32_adapters_and_match_the_fp32_fin
     from imagic_lora.lora import add_lora
 
     base = load_model("builtin:tiny", dtype=dtype)
-    assert base.pipe.unet.dtype == base.pipe.text_encoder.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert base.pipe.unet.dtype == base.pipe.text_encoder.dtype == expected
     assert check_compatible(trained, base) is None, "the same weights in lower precision are the same model"
     params = add_lora(base.pipe.unet, 4, 4)
     assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params)
