@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from safetensors import SafetensorError, safe_open
 
 from .errors import InvalidConfig, ModelLoadError
 from .tiny import TINY_MODEL, tiny_pipeline
@@ -17,6 +19,7 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
+SD_UNET_PREFIX = "model.diffusion_model."
 
 
 def default_model() -> str:
@@ -111,32 +114,47 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
         pipe = tiny_pipeline()
         return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
     path = Path(model_id).expanduser()
+    if path.is_file():
+        what, hint = f"the checkpoint {str(path)!r}", (
+            "a diffusers folder instead, or load this file once with network access so its configs are cached"
+        )
+        loader = functools.partial(_load_single_file, path, torch_dtype)
+    elif path.is_dir() and not (path / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a diffusers folder (no model_index.json). "
+            "Try: a folder written by save_pretrained or downloaded from the hub"
+        )
+    elif path.is_dir():
+        what, hint = f"the diffusers folder {str(path)!r}", "a complete diffusers folder"
+        loader = functools.partial(
+            StableDiffusionPipeline.from_pretrained, path, dtype=torch_dtype, safety_checker=None,
+            local_files_only=True,
+        )
+    elif model_id.startswith((".", "/", "~")) or model_id.endswith(".safetensors"):
+        raise ModelLoadError(
+            f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline"
+        )
+    else:
+        what, hint = f"{model_id!r} from the Hugging Face hub or its cache", (
+            "a hub id already in the cache, a local diffusers folder or a .safetensors checkpoint"
+        )
+        loader = functools.partial(
+            StableDiffusionPipeline.from_pretrained, model_id, dtype=torch_dtype, safety_checker=None
+        )
     try:
-        if path.is_file():
-            return _load_single_file(path, torch_dtype)
-        if path.is_dir():
-            return StableDiffusionPipeline.from_pretrained(
-                path, dtype=torch_dtype, safety_checker=None, local_files_only=True
-            )
-        if model_id.startswith((".", "/", "~")) or model_id.endswith(".safetensors"):
-            raise ModelLoadError(
-                f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline"
-            )
-        return StableDiffusionPipeline.from_pretrained(model_id, dtype=torch_dtype, safety_checker=None)
+        return loader()
     except ModelLoadError:
         raise
     except Exception as ex:  # diffusers and the hub raise many kinds; the user needs one line
-        reason = _first_sentence(ex)
         raise ModelLoadError(
-            f"could not load model {model_id!r}: {reason[:200]}. "
-            f"Try: a local diffusers folder, a .safetensors checkpoint, a hub id already in the cache, "
-            f"or --model {TINY_MODEL} to try the tool offline"
+            f"could not load {what}: {_first_sentence(ex)}. "
+            f"Try: {hint}; or --model {TINY_MODEL} to try the tool offline"
         ) from None
 
 
 def _first_sentence(ex: Exception) -> str:
     text = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-    return text.split(" (")[0].rstrip(".")
+    return text.split(". ")[0].split(" (")[0].rstrip(".")[:200]
 
 
 def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
@@ -144,5 +162,15 @@ def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPi
         raise ModelLoadError(
             f"{path} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
             "Try: convert it to .safetensors first"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            is_sd = any(key.startswith(SD_UNET_PREFIX) for key in checkpoint.keys())  # noqa: SIM118
+    except (SafetensorError, OSError) as ex:
+        raise ModelLoadError(f"{path} is not a readable .safetensors file: {_first_sentence(ex)}") from None
+    if not is_sd:
+        raise ModelLoadError(
+            f"{path} is not a Stable Diffusion checkpoint (no '{SD_UNET_PREFIX}*' weights). "
+            "Try: a single-file SD 1.x/2.x checkpoint or a diffusers folder"
         )
     return StableDiffusionPipeline.from_single_file(str(path), dtype=torch_dtype, safety_checker=None)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import FAST, PROMPT
 from helpers import error_line, rewrite, run, store_snapshot, with_metadata
-from safetensors.torch import load
+from safetensors.torch import load, save_file
 
 from imagic_lora import ProfileStore, train
 from imagic_lora.profile import read_header
@@ -40,6 +40,12 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
     text.write_text("not an image")
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(image_path.read_bytes()[:300])
+    empty_dir = tmp_path / "empty-model"
+    empty_dir.mkdir()
+    bogus = tmp_path / "bogus.safetensors"
+    save_file({"x": torch.zeros(2)}, bogus)
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\xff" * 64)
     cases = [
         (["train", "new", tmp_path / "nope.jpg", "--prompt", PROMPT, *TINY],
          f"Error: image '{tmp_path / 'nope.jpg'}' not found. Try: a path to a JPEG, PNG or WebP file"),
@@ -65,9 +71,18 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
          f"Error: {text} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
          "Try: convert it to .safetensors first"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", "nobody/no-such-model"],
-         "Error: could not load model 'nobody/no-such-model': Cannot load model nobody/no-such-model: the model is "
-         "not fully cached locally. Try: a local diffusers folder, a .safetensors checkpoint, a hub id already in "
-         "the cache, or --model builtin:tiny to try the tool offline"),
+         "Error: could not load 'nobody/no-such-model' from the Hugging Face hub or its cache: Cannot load model "
+         "nobody/no-such-model: the model is not fully cached locally. Try: a hub id already in the cache, a local "
+         "diffusers folder or a .safetensors checkpoint; or --model builtin:tiny to try the tool offline"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", empty_dir],
+         f"Error: {empty_dir} is not a diffusers folder (no model_index.json). "
+         "Try: a folder written by save_pretrained or downloaded from the hub"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", bogus],
+         f"Error: {bogus} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights). "
+         "Try: a single-file SD 1.x/2.x checkpoint or a diffusers folder"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", fake],
+         f"Error: {fake} is not a readable .safetensors file: Error while deserializing header: "
+         "header too large"),
         (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--embedding-steps", 3, "--embedding-lr", 1e30],
          "Error: stage 1/2 embedding: loss became nan at step 2; nothing was saved. Try: a lower --embedding-lr"),
         (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--device", "gpu"],
