@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -122,7 +123,7 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
 def apply(
     profile: Profile, prompt: str, *, out_dir: str | Path = ".", model: str | BaseModel | None = None,
     config: ApplyConfig | None = None, device: str | None = None, dtype: str | None = None,
-    force: bool = False, progress: bool = True, warn=None,
+    force: bool = False, progress: bool = True, warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Edit with ``profile`` toward ``prompt``; write one PNG per (α, seed) and a grid; return the paths."""
     # 1. check inputs and the base model

@@ -102,3 +102,13 @@ def test_the_shipped_example_profile_applies_to_the_built_in_model(tmp_path):
     assert "Warning" not in result.stderr, "the example must match the built-in model's fingerprint"
     grid = Image.open(tmp_path / "example_a-blue-ball-on-green-grass_grid.png")
     assert grid.size == (2 * 128, 2 * (128 + 14))
+
+
+def test_checkout_shim_runs_the_cli():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, "cli.py", "--version"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "imagic-lora, version 0.1.0"
