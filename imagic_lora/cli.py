@@ -248,5 +248,31 @@ def profiles_import(path, name, replace) -> None:
     click.echo(f"Imported profile {profile.name!r}")
 
 
+@profiles.command(name="verify")
+@user_errors
+def profiles_verify() -> None:
+    """Check the database's integrity and every profile's checksum."""
+    count, problems = ProfileStore().verify()
+    for problem in problems:
+        click.echo(f"Problem: {problem}", err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {ProfileStore().path}. "
+                                   "Try: imagic-lora profiles backup to save what is readable")
+    click.echo(f"OK: integrity check passed, {count} profile(s) verified")
+
+
+@profiles.command(name="backup")
+@click.argument("path", type=click.Path())
+@click.option("--replace", is_flag=True, help="Overwrite PATH if it exists.")
+@user_errors
+def profiles_backup(path, replace) -> None:
+    """Copy the whole store to PATH, consistently, even while it is in use."""
+    click.echo(str(ProfileStore().backup(path, replace=replace)))
+
+
 def main() -> None:
     cli(prog_name="imagic-lora")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ Tensors: ``e_opt`` (fp32), ``source_embedding`` (fp16), ``thumbnail`` (uint8),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -25,6 +26,8 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LORA_KEY = re.compile(r"unet\.[A-Za-z0-9_.]+\.lora\.(down|up)\.weight")
+CHECKSUM_KEY = "tensors_sha256"
+MAX_TOKENS, MAX_DIM, MAX_LORA_DIM = 1024, 8192, 65536
 FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
 REQUIRED_METADATA = {
     "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
@@ -81,6 +84,8 @@ class Profile:
             "name": self.name,
             "profile": json.dumps(self.metadata, sort_keys=True),
         }
+        # The tensor bytes do not depend on the header, so the checksum of a first save holds for the second.
+        header[CHECKSUM_KEY] = hashlib.sha256(_data_section(save_tensors(tensors, metadata=header))).hexdigest()
         return save_tensors(tensors, metadata=header)
 
     @classmethod
@@ -129,7 +134,14 @@ def read_header(data: bytes, source: str) -> dict:
         )
     if not isinstance(metadata.get("name"), str):
         raise InvalidProfileFile(f"{source} has no profile name in its metadata")
+    if metadata.get(CHECKSUM_KEY) != hashlib.sha256(data[8 + length :]).hexdigest():
+        raise InvalidProfileFile(f"{source} is corrupt: its tensors do not match their checksum")
     return metadata
+
+
+def _data_section(data: bytes) -> bytes:
+    (length,) = struct.unpack("<Q", data[:8])
+    return data[8 + length :]
 
 
 def _check_metadata(header: dict, source: str) -> dict:
@@ -162,6 +174,13 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
     if not lora_keys:
         fail("no LoRA weights")
     e_opt, source_embedding = tensors["e_opt"], tensors["source_embedding"]
+    for key in ("e_opt", "source_embedding", "base_sample"):
+        if not tensors[key].is_floating_point():
+            fail(f"tensor {key!r} is {tensors[key].dtype}, not floating point")
+    if tensors["base_sample"].dim() != 1:
+        fail("tensor 'base_sample' is not 1-D")
+    if e_opt.dim() == 3 and (e_opt.shape[1] > MAX_TOKENS or e_opt.shape[2] > MAX_DIM):
+        fail(f"embeddings of shape {tuple(e_opt.shape)} are larger than any supported model")
     if e_opt.dim() != 3 or e_opt.shape[0] != 1 or e_opt.shape != source_embedding.shape:
         shapes = f"{tuple(e_opt.shape)} and {tuple(source_embedding.shape)}"
         fail(f"embeddings have shapes {shapes}, expected equal [1, tokens, dim]")
@@ -178,8 +197,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
 
 def _check_lora_shapes(lora: dict[str, torch.Tensor], rank: int, fail) -> None:
     for key, value in lora.items():
-        if not value.is_floating_point() or value.dim() != 2:
-            fail(f"LoRA tensor {key[:80]!r} is not a 2-D float matrix")
+        if not value.is_floating_point() or value.dim() != 2 or max(value.shape) > MAX_LORA_DIM:
+            fail(f"LoRA tensor {key[:80]!r} is not a 2-D float matrix of a supported size")
         is_down = key.endswith(".lora.down.weight")
         partner = key.replace(".lora.down.", ".lora.up.") if is_down else key.replace(".lora.up.", ".lora.down.")
         if partner not in lora:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from .errors import InvalidProfileFile, ProfileExists, ProfileNotFound
+from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound
 from .profile import MAX_FILE_BYTES, Profile, check_name
 
 USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
+BUSY_TIMEOUT_S = 60.0
 TABLE = "profiles"
 SUMMARY_COLUMNS = (
     "name", "source_prompt", "base_model", "base_fingerprint", "resolution",
@@ -60,14 +64,40 @@ def _row(profile: Profile, data: bytes) -> dict:
     }
 
 
+def connect(path: Path) -> sqlite_utils.Database:
+    """Open ``path`` in WAL mode with a busy timeout, the driver in autocommit (we BEGIN explicitly)."""
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return sqlite_utils.Database(conn)
+
+
 class ProfileStore:
-    """Profiles by name; every change is one transaction, and listing never reads tensor blobs."""
+    """Profiles by name; every change is one transaction, and listing never reads tensor blobs.
+
+    Crash safety and concurrency come from SQLite itself: WAL journal, ``synchronous=FULL``, and
+    ``BEGIN IMMEDIATE`` for every change, so concurrent writers queue on the busy timeout.
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else user_dir() / "profiles.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.path)
-        migrations.apply(self.db)
+        self.db = connect(self.path)
+        if migrations.pending(self.db) or not self.db[migrations.migrations_table].exists():
+            with self.transaction():
+                migrations.apply(self.db)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction holding the write lock from its start; rolled back on any error."""
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.execute("ROLLBACK")
+            raise
+        self.db.conn.execute("COMMIT")
 
     def list(self) -> list[dict]:
         columns = ", ".join(SUMMARY_COLUMNS)
@@ -105,20 +135,20 @@ class ProfileStore:
         """Write ``profile`` in one transaction; refuse an existing name unless ``replace``."""
         check_name(profile.name)
         data = profile.to_bytes()
-        with self.db.atomic():
+        with self.transaction():
             if not replace:
                 self.ensure_free(profile.name)
             self.db[TABLE].insert(_row(profile, data), replace=True)
 
     def remove(self, name: str) -> None:
-        with self.db.atomic():
+        with self.transaction():
             if not self.exists(check_name(name)):
                 raise _not_found(name)
             self.db.execute(f"delete from {TABLE} where name = ?", [name])
 
     def rename(self, old: str, new: str) -> None:
         profile = self.get(old).renamed(new)
-        with self.db.atomic():
+        with self.transaction():
             self.ensure_free(new)
             self.db.execute(f"delete from {TABLE} where name = ?", [old])
             self.db[TABLE].insert(_row(profile, profile.to_bytes()))
@@ -132,6 +162,35 @@ class ProfileStore:
         tmp.replace(path)
         return path
 
+    def verify(self) -> tuple[int, list[str]]:
+        """SQLite's integrity check, then every profile's checksum and contents: (profiles read, problems)."""
+        problems = [row[0] for row in self.db.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        count = 0
+        for name, sha256, data in self.db.conn.execute(f"select name, sha256, data from {TABLE} order by name"):
+            count += 1
+            if hashlib.sha256(data).hexdigest() != sha256:
+                problems.append(f"profile {name!r}: its data does not match its stored checksum")
+                continue
+            try:
+                profile = Profile.from_bytes(data, source=f"profile {name!r}")
+            except ImagicError as ex:
+                problems.append(str(ex))
+                continue
+            if profile.name != name:
+                problems.append(f"profile {name!r}: its file names it {profile.name!r}")
+        return count, problems
+
+    def backup(self, path: str | Path, replace: bool = False) -> Path:
+        """A consistent copy of the whole store, taken with SQLite's online backup while it may be in use."""
+        target = Path(path)
+        _check_backup_target(target, self.path, replace)
+        part = target.with_name(target.name + ".part")
+        part.unlink(missing_ok=True)
+        with contextlib.closing(sqlite3.connect(part)) as copy:
+            self.db.conn.backup(copy)
+        part.replace(target)
+        return target
+
     def import_file(self, path: str | Path, name: str | None = None, replace: bool = False) -> Profile:
         """Validate a shared profile file and store it, under ``name`` if given."""
         profile = read_profile_file(path)
@@ -139,6 +198,15 @@ class ProfileStore:
             profile = profile.renamed(name)
         self.save(profile, replace=replace)
         return profile
+
+
+def _check_backup_target(target: Path, live: Path, replace: bool) -> None:
+    if target.exists() and target.resolve() == live.resolve():
+        raise InvalidConfig(f"{target} is the live store itself. Try: another file name")
+    if target.is_dir():
+        raise InvalidConfig(f"{target} is a folder. Try: a file name such as profiles-backup.db")
+    if target.exists() and not replace:
+        raise InvalidConfig(f"{target} already exists. Try: another file name, or --replace")
 
 
 def read_profile_file(path: str | Path) -> Profile:

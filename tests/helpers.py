@@ -1,7 +1,9 @@
 """Shared helpers for CLI tests: run the command, snapshot the store, craft hostile files."""
 
+import hashlib
 import json
 import sqlite3
+import struct
 
 import numpy as np
 from click.testing import CliRunner
@@ -37,7 +39,10 @@ def pixels(path) -> np.ndarray:
 
 
 def rewrite(data: bytes, tensors=None, header=None) -> bytes:
-    """Re-save profile bytes with some tensors or header entries replaced (None deletes)."""
+    """Re-save profile bytes with some tensors or header entries replaced (None deletes).
+
+    The tensor checksum is recomputed, as a deliberate forger would.
+    """
     all_tensors = dict(load_tensors(data))
     all_header = dict(read_header(data, "test"))
     for target, changes in ((all_tensors, tensors or {}), (all_header, header or {})):
@@ -46,6 +51,9 @@ def rewrite(data: bytes, tensors=None, header=None) -> bytes:
                 target.pop(key, None)
             else:
                 target[key] = value
+    first = save_tensors(all_tensors, metadata=all_header)
+    (length,) = struct.unpack("<Q", first[:8])
+    all_header["tensors_sha256"] = hashlib.sha256(first[8 + length :]).hexdigest()
     return save_tensors(all_tensors, metadata=all_header)
 
 

@@ -137,7 +137,12 @@ def hostile_files(data: bytes, tmp_path):
     nan_e_opt[0, 3, 5] = float("nan")
     up_key = next(k for k in rewrite_keys(data) if ".lora.up." in k)
     return [
-        ("truncated", data[: len(data) // 2], "is not a valid safetensors file: "),
+        ("truncated", data[: len(data) // 2], "is corrupt: its tensors do not match their checksum"),
+        ("tampered", data[:-10] + bytes(10), "is corrupt: its tensors do not match their checksum"),
+        ("int", rewrite(data, tensors={"e_opt": torch.zeros(1, 77, 32, dtype=torch.int32)}),
+         ": tensor 'e_opt' is torch.int32, not floating point"),
+        ("huge", rewrite(data, tensors={"e_opt": torch.zeros(1, 2, 9000), "source_embedding": torch.zeros(1, 2, 9000)}),
+         ": embeddings of shape (1, 2, 9000) are larger than any supported model"),
         ("short", data[:5], "is truncated or not a safetensors file (5 bytes)"),
         ("random", random.Random(0).randbytes(4096), "is truncated or not a safetensors file (bad header length)"),
         ("pickle", pickle.dumps({"e_opt": [1, 2, 3]}), "is truncated or not a safetensors file (bad header length)"),

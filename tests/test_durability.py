@@ -1,0 +1,117 @@
+"""The store under SIGKILL and concurrent writers, with real processes (bounded in count and time)."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_PROFILE, PROMPT
+from helpers import run
+from store_worker import IMPORTS, WRITES
+
+from imagic_lora import ProfileStore
+
+WORKER = Path(__file__).with_name("store_worker.py")
+KILLS = 12
+WRITERS = 8
+
+
+def start_worker(mode, db, number):
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), mode, str(db), str(EXAMPLE_PROFILE), str(number)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def assert_store_sound(db) -> int:
+    store = ProfileStore(db)
+    count, problems = store.verify()
+    assert problems == []
+    for row in store.list():
+        assert store.get(row["name"]).name == row["name"]
+    return count
+
+
+def test_the_store_survives_sigkill_at_random_points(tmp_path):
+    db = tmp_path / "profiles.db"
+    rng = random.Random(0)
+    operations = 0
+    for kill in range(KILLS):
+        worker = start_worker("churn", db, kill)
+        assert worker.stdout.readline().strip() == "ready", worker.stderr.read()
+        time.sleep(rng.uniform(0.0, 0.5))
+        worker.send_signal(signal.SIGKILL)
+        output, _ = worker.communicate(timeout=30)
+        assert worker.returncode == -signal.SIGKILL
+        operations += output.count("op ")
+        assert_store_sound(db)
+    print(f"{KILLS} SIGKILLs survived during {operations} completed writes")
+    assert operations > KILLS, "the kills must land while writes are going on"
+
+
+def test_concurrent_writers_lose_nothing_and_never_see_a_locked_database(tmp_path):
+    db = tmp_path / "profiles.db"  # not created yet: the writers also race on the first migration
+    workers = [start_worker("writer", db, i) for i in range(WRITERS)]
+    for worker in workers:
+        _, errors = worker.communicate(timeout=240)
+        assert worker.returncode == 0, errors
+        assert "locked" not in errors
+    expected = {f"w{i}-{j}" for i in range(WRITERS) for j in range(WRITES)}
+    expected |= {f"i{i}-{j}" for i in range(WRITERS) for j in range(IMPORTS)}
+    assert {row["name"] for row in ProfileStore(db).list()} == expected
+    assert assert_store_sound(db) == len(expected)
+
+
+def wait_for(process, text: bytes, limit_s: float = 120) -> None:
+    seen, deadline = b"", time.monotonic() + limit_s
+    while text not in seen:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk and time.monotonic() < deadline, seen[-500:]
+        seen += chunk
+
+
+@pytest.mark.parametrize("stage", [b"stage 1/2 embedding", b"stage 2/2 LoRA"])
+def test_killing_training_leaves_the_store_as_it_was(tmp_path, stage, trained, isolated_user_dir):
+    ProfileStore().save(trained)
+    before = ProfileStore().get_bytes("ball")
+    image = tmp_path / "in.png"
+    image.write_bytes((Path(__file__).parent.parent / "profiles" / "example-input.png").read_bytes())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imagic_lora.cli", "train", "new", str(image), "--prompt", PROMPT,
+         "--model", "builtin:tiny", "--embedding-steps", "40", "--lora-steps", "40"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    wait_for(process, stage)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, "training must still be running when killed"
+    assert [row["name"] for row in ProfileStore().list()] == ["ball"]
+    assert ProfileStore().get_bytes("ball") == before
+    assert ProfileStore().verify() == (1, [])
+
+
+def test_verify_reports_a_damaged_profile(trained, tmp_path):
+    store = ProfileStore()
+    store.save(trained)
+    assert store.verify() == (1, [])
+    store.db.conn.execute("update profiles set data = substr(data, 1, 5000) where name = 'ball'")
+    result = run("profiles", "verify")
+    assert result.exit_code == 1
+    assert "Problem: profile 'ball': its data does not match its stored checksum" in result.stderr
+
+
+def test_backup_is_a_consistent_copy(trained, tmp_path):
+    ProfileStore().save(trained)
+    target = tmp_path / "backup.db"
+    result = run("profiles", "backup", target)
+    assert result.exit_code == 0, result.output
+    assert ProfileStore(target).get_bytes("ball") == ProfileStore().get_bytes("ball")
+    result = run("profiles", "backup", target)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {target} already exists. Try: another file name, or --replace"
+    assert run("profiles", "backup", target, "--replace").exit_code == 0
+    assert run("profiles", "verify").stdout.strip() == "OK: integrity check passed, 1 profile(s) verified"
