@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import struct
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LORA_KEY = re.compile(r"unet\.[A-Za-z0-9_.]+\.lora\.(down|up)\.weight")
 CHECKSUM_KEY = "tensors_sha256"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TOKENS, MAX_DIM, MAX_LORA_DIM = 1024, 8192, 65536
 FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
 REQUIRED_METADATA = {
@@ -154,10 +154,23 @@ def _check_metadata(header: dict, source: str) -> dict:
     for key, kind in REQUIRED_METADATA.items():
         if not isinstance(metadata.get(key), kind):
             raise InvalidProfileFile(f"{source} metadata lacks {key!r} (expected {kind.__name__})")
-    lora = metadata["lora"]
-    if not isinstance(lora.get("rank"), int) or not isinstance(lora.get("alpha"), (int, float)):
-        raise InvalidProfileFile(f"{source} metadata has no valid LoRA rank and alpha")
+    lora, resolution = metadata["lora"], metadata["resolution"]
+    rank, alpha = lora.get("rank"), lora.get("alpha")
+    if not _is_int_in(rank, 1, 256) or not _is_number_in(alpha, 0, 1e6) or alpha == 0:
+        raise InvalidProfileFile(f"{source} metadata has no valid LoRA rank (1-256) and alpha (> 0)")
+    if not _is_int_in(resolution, 64, 4096):
+        raise InvalidProfileFile(f"{source} metadata has an unsupported resolution")
     return metadata
+
+
+def _is_int_in(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number_in(value, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return low <= value <= high  # False for NaN; exact for ints of any size
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str) -> None:
@@ -174,9 +187,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
     if not lora_keys:
         fail("no LoRA weights")
     e_opt, source_embedding = tensors["e_opt"], tensors["source_embedding"]
-    for key in ("e_opt", "source_embedding", "base_sample"):
-        if not tensors[key].is_floating_point():
-            fail(f"tensor {key!r} is {tensors[key].dtype}, not floating point")
+    for key, value in tensors.items():
+        if key != "thumbnail" and value.dtype not in FLOAT_DTYPES:
+            fail(f"tensor {key[:80]!r} is {value.dtype}, not fp32, fp16 or bf16")
     if tensors["base_sample"].dim() != 1:
         fail("tensor 'base_sample' is not 1-D")
     if e_opt.dim() == 3 and (e_opt.shape[1] > MAX_TOKENS or e_opt.shape[2] > MAX_DIM):
@@ -191,8 +204,6 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             fail(f"tensor {key[:80]!r} holds NaN or infinite values")
-    if not math.isfinite(metadata["lora"]["alpha"]):
-        fail("LoRA alpha is not finite")
 
 
 def _check_lora_shapes(lora: dict[str, torch.Tensor], rank: int, fail) -> None:
