@@ -28,6 +28,7 @@ def train(
     name: str, image: str | Path, prompt: str, *, model: str | BaseModel | None = None,
     config: TrainConfig | None = None, device: str | None = None, dtype: str | None = None,
     store: ProfileStore | None = None, replace: bool = False, progress: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> Profile:
     """Run Imagic's two training stages on ``image`` and save the result as profile ``name``.
 
@@ -41,10 +42,11 @@ def train(
     store = store if store is not None else ProfileStore()
     if not replace:
         store.ensure_free(name)
-    picture = load_image(image)
+    warn = warn or (lambda message: None)
+    picture = load_image(image, warn)
     base = model if isinstance(model, BaseModel) else load_model(model, device, dtype)
     resolution = config.resolution or base.native_resolution
-    fitted = fit_image(picture, resolution, config.fit)
+    fitted = fit_image(picture, resolution, config.fit, warn)
 
     # 2. encode the image and the prompt once
     latents = encode_image(base, to_tensor(fitted))

@@ -89,10 +89,14 @@ def train(name, image, prompt, model, replace, device, dtype, **settings) -> Non
     from .api import train as train_profile
 
     profile = train_profile(name, image, prompt, model=model, config=TrainConfig(**settings),
-                            device=device, dtype=dtype, replace=replace)
+                            device=device, dtype=dtype, replace=replace, warn=_warn)
     losses = profile.metadata["losses"]
     click.echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses['embedding'])}, "
                f"LoRA loss {_fmt(losses['lora'])}). Try: imagic-lora apply profile {profile.name} \"...\"")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
 
 
 def _fmt(value) -> str:
@@ -132,9 +136,8 @@ def _run_apply(profile, prompt, out, model, device, dtype, force, **settings) ->
     from .api import apply as apply_profile
 
     config = ApplyConfig(**settings)
-    warn = functools.partial(click.echo, err=True)
     paths = apply_profile(profile, prompt, out_dir=out, model=model, config=config, device=device,
-                          dtype=dtype, force=force, warn=lambda m: warn(f"Warning: {m}"))
+                          dtype=dtype, force=force, warn=_warn)
     for path in paths:
         click.echo(str(path))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +16,69 @@ from .errors import InvalidImage
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 THUMBNAIL_SIZE = 64
+MAX_PIXELS = 80_000_000
+MIN_SIDE = 32
+Warn = Callable[[str], None]
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open a JPEG/PNG/WebP, apply its EXIF orientation and convert it to RGB."""
+def _ignore(message: str) -> None:
+    pass
+
+
+def load_image(path: str | Path, warn: Warn = _ignore) -> Image.Image:
+    """Open a JPEG/PNG/WebP within the pixel limit, apply its EXIF orientation and convert it to RGB."""
     path = Path(path)
     if not path.is_file():
         raise InvalidImage(f"image {str(path)!r} not found. Try: a path to a JPEG, PNG or WebP file")
     try:
-        with Image.open(path) as image:
-            if image.format not in FORMATS:
-                raise InvalidImage(f"{path} is a {image.format} image; JPEG, PNG and WebP are supported")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open_checked(path)
+            if getattr(image, "is_animated", False):
+                warn(f"{path} is animated; using its first frame")
             image.load()
             image = ImageOps.exif_transpose(image)
     except InvalidImage:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as ex:
+    except Image.DecompressionBombError:
+        raise InvalidImage(f"{path} has more than {MAX_PIXELS // 10**6} megapixels. Try: a smaller copy") from None
+    except (OSError, ValueError, SyntaxError) as ex:
         raise InvalidImage(f"cannot read image {path}: {ex}. Try: re-saving it as PNG or JPEG") from None
-    if image.mode in ("RGBA", "LA", "P", "PA"):
+    if min(image.size) < MIN_SIDE:
+        raise InvalidImage(
+            f"{path} is only {image.width}x{image.height} pixels; each side needs at least {MIN_SIDE}. "
+            "Try: a larger image"
+        )
+    return to_rgb(image)
+
+
+def _open_checked(path: Path) -> Image.Image:
+    image = Image.open(path)
+    if image.format not in FORMATS:
+        raise InvalidImage(f"{path} is a {image.format} image; JPEG, PNG and WebP are supported")
+    if image.width * image.height > MAX_PIXELS:
+        raise InvalidImage(
+            f"{path} is {image.width}x{image.height} pixels, over the {MAX_PIXELS // 10**6} megapixel limit. "
+            "Try: a smaller copy"
+        )
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode: 16-bit scaled to 8, transparency composited on white, CMYK and palettes converted."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        array = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
 
 
-def fit_image(image: Image.Image, size: int, fit: str = "crop") -> Image.Image:
-    """Center-crop (or pad with black) to a square, then resize to ``size``."""
+def fit_image(image: Image.Image, size: int, fit: str = "crop", warn: Warn = _ignore) -> Image.Image:
+    """Center-crop (or pad with black) to a square, then resize to ``size``; warn when upscaling."""
+    if min(image.size) < size:
+        warn(f"the image is {image.width}x{image.height}, smaller than the {size} px training size; upscaling it")
     if fit == "pad":
         side = max(image.size)
         square = Image.new("RGB", (side, side), (0, 0, 0))

@@ -1,3 +1,6 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,36 +15,36 @@ def _save(image, path, **kwargs):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    image = Image.new("RGB", (40, 20), (255, 0, 0))
-    image.paste((0, 0, 255), (0, 0, 10, 20))  # blue on the left
+    image = Image.new("RGB", (80, 40), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 40))  # blue on the left
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
     path = _save(image, tmp_path / "rotated.jpg", exif=exif, quality=95)
     loaded = load_image(path)
-    assert loaded.size == (20, 40)
-    top = np.asarray(loaded)[2, 10]
+    assert loaded.size == (40, 80)
+    top = np.asarray(loaded)[4, 20]
     assert top[2] > 200 and top[0] < 60, "the blue strip must end up on top"
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "LA"])
 def test_modes_become_rgb(tmp_path, mode):
-    path = _save(Image.new(mode, (16, 16)), tmp_path / f"{mode}.png")
+    path = _save(Image.new(mode, (40, 40)), tmp_path / f"{mode}.png")
     assert load_image(path).mode == "RGB"
 
 
 def test_transparent_pixels_become_white(tmp_path):
-    path = _save(Image.new("RGBA", (8, 8), (10, 20, 30, 0)), tmp_path / "clear.png")
+    path = _save(Image.new("RGBA", (40, 40), (10, 20, 30, 0)), tmp_path / "clear.png")
     assert np.asarray(load_image(path))[0, 0].tolist() == [255, 255, 255]
 
 
 def test_webp_and_jpeg_load(tmp_path):
     for name in ("a.webp", "a.jpg"):
-        path = _save(Image.new("RGB", (30, 20), (0, 200, 0)), tmp_path / name)
-        assert load_image(path).size == (30, 20)
+        path = _save(Image.new("RGB", (60, 40), (0, 200, 0)), tmp_path / name)
+        assert load_image(path).size == (60, 40)
 
 
 def test_unsupported_format_is_refused(tmp_path):
-    path = _save(Image.new("RGB", (8, 8)), tmp_path / "a.bmp")
+    path = _save(Image.new("RGB", (40, 40)), tmp_path / "a.bmp")
     with pytest.raises(InvalidImage, match=r"is a BMP image; JPEG, PNG and WebP are supported"):
         load_image(path)
 
@@ -60,3 +63,66 @@ def test_to_tensor_range():
     tensor = to_tensor(Image.new("RGB", (4, 4), (255, 0, 128)))
     assert tensor.shape == (1, 3, 4, 4)
     assert tensor[0, 0].eq(1).all() and tensor[0, 1].eq(-1).all()
+
+
+def _forged_png(path, width, height):
+    """A PNG whose header declares ``width`` x ``height`` but holds no pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [9000, 20000])  # 81 MP: over our limit; 400 MP: over Pillow's bomb limit
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, side):
+    path = _forged_png(tmp_path / "bomb.png", side, side)
+    with pytest.raises(InvalidImage, match=r"(over the 80 megapixel limit|more than 80 megapixels). Try: a smaller"):
+        load_image(path)
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(InvalidImage, match="cannot identify image file"):
+        load_image(path)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = _save(Image.new("CMYK", (40, 40), (0, 255, 255, 0)), tmp_path / "cmyk.jpg")  # red in CMYK
+    red, green, blue = np.asarray(load_image(path))[20, 20].tolist()
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    array = np.full((40, 40), 32768, dtype=np.uint16)
+    path = _save(Image.fromarray(array), tmp_path / "grey16.png")
+    assert Image.open(path).mode.startswith("I")
+    assert np.asarray(load_image(path))[0, 0].tolist() == [128, 128, 128]
+
+
+def test_palette_with_transparency_composites_on_white(tmp_path):
+    image = Image.new("P", (40, 40), 0)
+    image.putpalette([10, 20, 30] + [200, 0, 0] * 255)
+    image.info["transparency"] = 0
+    path = _save(image, tmp_path / "p.png", transparency=0)
+    assert np.asarray(load_image(path))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_animated_image_uses_the_first_frame_and_says_so(tmp_path):
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    path = _save(frames[0], tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    said = []
+    image = load_image(path, warn=said.append)
+    assert np.asarray(image)[0, 0].tolist() == [255, 0, 0]
+    assert said == [f"{path} is animated; using its first frame"]
+
+
+def test_tiny_images_are_refused_and_small_ones_upscaled_with_a_warning(tmp_path):
+    with pytest.raises(InvalidImage, match=r"is only 20x300 pixels; each side needs at least 32. Try: a larger"):
+        load_image(_save(Image.new("RGB", (20, 300)), tmp_path / "thin.png"))
+    said = []
+    fitted = fit_image(load_image(_save(Image.new("RGB", (40, 40)), tmp_path / "small.png")), 64, warn=said.append)
+    assert fitted.size == (64, 64)
+    assert said == ["the image is 40x40, smaller than the 64 px training size; upscaling it"]
