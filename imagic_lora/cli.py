@@ -16,6 +16,7 @@ from .errors import ImagicError
 from .store import ProfileStore, read_profile_file
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+LORA_FORMATS = ("diffusers", "kohya")  # imagic_lora.interop.LORA_FORMATS, without importing diffusers here
 
 
 def _default(cls, name: str):
@@ -233,11 +234,21 @@ def profiles_path() -> None:
 
 @profiles.command(name="export")
 @click.argument("name")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
+@click.option("--lora-only", is_flag=True, help="Write only the LoRA adapter, for other Stable Diffusion tools.")
+@click.option("--format", "lora_format", type=click.Choice(LORA_FORMATS), default=None,
+              help="Adapter key naming (implies --lora-only): diffusers load_lora_weights, or kohya for "
+              "A1111/ComfyUI.  [default: diffusers]")
 @user_errors
-def profiles_export(name, path) -> None:
-    """Write profile NAME to one shareable .safetensors file."""
-    click.echo(str(ProfileStore().export(name, path)))
+def profiles_export(name, path, lora_only, lora_format) -> None:
+    """Write profile NAME to one shareable .safetensors file (or its adapter alone)."""
+    store = ProfileStore()
+    if lora_only or lora_format:
+        from .interop import export_lora
+
+        click.echo(str(export_lora(store.get(name), path, lora_format or "diffusers")))
+        return
+    click.echo(str(store.export(name, path)))
 
 
 @profiles.command(name="import")

@@ -157,9 +157,14 @@ class ProfileStore:
         """Write the profile's shareable file to ``path``."""
         data = self.get_bytes(name)
         path = Path(path)
+        if path.is_dir():
+            raise InvalidConfig(f"{path} is a folder. Try: a file name such as {name}.imagic.safetensors")
         tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as ex:
+            raise InvalidConfig(f"cannot write {path}: {ex.strerror}") from None
         return path
 
     def verify(self) -> tuple[int, list[str]]:

@@ -1,0 +1,73 @@
+"""Plain LoRA exports load in diffusers' own loader and give our pixels."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import run
+from PIL import Image
+from safetensors.torch import load_file
+
+from imagic_lora import ApplyConfig, ProfileStore, apply, load_model
+from imagic_lora.method import encode_prompt, interpolate
+
+CONFIG = ApplyConfig(alphas=(0.7,), steps=4)
+
+
+def plain_pipeline_image(profile, lora_file):
+    """Sample with diffusers alone: load_lora_weights, then prompt_embeds from the profile's e_opt."""
+    base = load_model("builtin:tiny")
+    pipe = base.pipe
+    pipe.load_lora_weights(str(lora_file))
+    embeds = interpolate(encode_prompt(base, "a blue ball"), profile.e_opt, 0.7)
+    image = pipe(
+        prompt_embeds=embeds, negative_prompt_embeds=encode_prompt(base, ""), num_inference_steps=4,
+        guidance_scale=7.5, height=64, width=64, generator=[torch.Generator().manual_seed(0)],
+    ).images[0]
+    return np.asarray(image).astype(int)
+
+
+@pytest.mark.parametrize("lora_format", ["diffusers", "kohya"])
+@pytest.mark.parametrize("lora_alpha", [4.0, 8.0])
+def test_exported_adapter_loads_in_diffusers_and_matches_our_output(trained, tmp_path, lora_format, lora_alpha):
+    profile = trained.renamed("ball")
+    profile.metadata = {**profile.metadata, "lora": {**profile.metadata["lora"], "alpha": lora_alpha}}
+    ProfileStore().save(profile)
+    lora_file = tmp_path / f"ball-{lora_format}.safetensors"
+    result = run("profiles", "export", "ball", lora_file, "--lora-only", "--format", lora_format)
+    assert result.exit_code == 0, result.output
+    [ours] = apply(profile, "a blue ball", out_dir=tmp_path / "ours", model="builtin:tiny", config=CONFIG,
+                   progress=False)
+
+    theirs = plain_pipeline_image(profile, lora_file)
+    difference = np.abs(np.asarray(Image.open(ours)).astype(int) - theirs)
+    assert difference.max() <= 1, difference.max()  # identical up to rounding
+
+
+def test_kohya_file_names_and_alphas(trained, tmp_path):
+    ProfileStore().save(trained)
+    path = tmp_path / "k.safetensors"
+    assert run("profiles", "export", "ball", path, "--format", "kohya").exit_code == 0
+    state = load_file(path)
+    downs = [k for k in state if k.endswith(".lora_down.weight")]
+    assert downs and all(k.startswith("lora_unet_") for k in state)
+    assert all(state[k.replace(".lora_down.weight", ".alpha")].item() == 4.0 for k in downs)
+    assert len(state) == 3 * len(downs)
+
+
+def test_export_to_a_folder_is_refused(trained, tmp_path):
+    ProfileStore().save(trained)
+    for extra in ([], ["--lora-only"]):
+        result = run("profiles", "export", "ball", tmp_path, *extra)
+        assert result.exit_code == 1
+        assert result.stderr.strip().startswith(f"Error: {tmp_path} is a folder. Try: a file name")
+
+
+def test_lora_alpha_changes_the_output_so_the_match_above_checks_the_scale(trained, tmp_path):
+    images = []
+    for lora_alpha in (4.0, 8.0):
+        profile = trained.renamed("ball")
+        profile.metadata = {**profile.metadata, "lora": {**profile.metadata["lora"], "alpha": lora_alpha}}
+        [path] = apply(profile, "a blue ball", out_dir=tmp_path / str(lora_alpha), model="builtin:tiny",
+                       config=CONFIG, progress=False)
+        images.append(np.asarray(Image.open(path)))
+    assert not np.array_equal(*images)
