@@ -201,6 +201,8 @@ class ProfileStore:
         profile = read_profile_file(path)
         if name is not None:
             profile = profile.renamed(name)
+        if not replace and self.exists(profile.name):
+            raise ProfileExists(f"profile {profile.name!r} already exists. Try: --name NEW, or --replace")
         self.save(profile, replace=replace)
         return profile
 

@@ -92,6 +92,13 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
         check_refused(args, expected, store_with_ball)
 
 
+def test_importing_over_an_existing_name_is_refused(store_with_ball, profile_bytes, tmp_path):
+    path = tmp_path / "ball.imagic.safetensors"
+    path.write_bytes(profile_bytes)
+    check_refused(["profiles", "import", path], "Error: profile 'ball' already exists. Try: --name NEW, or --replace",
+                  store_with_ball)
+
+
 def test_interrupted_training_saves_nothing(store_with_ball, image_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
