@@ -183,13 +183,13 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
     lora_keys = [key for key in tensors if key not in FIXED_TENSORS]
     for key in lora_keys:
         if not LORA_KEY.fullmatch(key):
-            fail(f"unexpected tensor {key[:80]!r}")
+            fail(f"unexpected tensor {key[:120]!r}")
     if not lora_keys:
         fail("no LoRA weights")
     e_opt, source_embedding = tensors["e_opt"], tensors["source_embedding"]
     for key, value in tensors.items():
         if key != "thumbnail" and value.dtype not in FLOAT_DTYPES:
-            fail(f"tensor {key[:80]!r} is {value.dtype}, not fp32, fp16 or bf16")
+            fail(f"tensor {key[:120]!r} is {value.dtype}, not fp32, fp16 or bf16")
     if tensors["base_sample"].dim() != 1:
         fail("tensor 'base_sample' is not 1-D")
     if e_opt.dim() == 3 and (e_opt.shape[1] > MAX_TOKENS or e_opt.shape[2] > MAX_DIM):
@@ -203,16 +203,16 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
     _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata["lora"]["rank"], fail)
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
-            fail(f"tensor {key[:80]!r} holds NaN or infinite values")
+            fail(f"tensor {key[:120]!r} holds NaN or infinite values")
 
 
 def _check_lora_shapes(lora: dict[str, torch.Tensor], rank: int, fail) -> None:
     for key, value in lora.items():
         if not value.is_floating_point() or value.dim() != 2 or max(value.shape) > MAX_LORA_DIM:
-            fail(f"LoRA tensor {key[:80]!r} is not a 2-D float matrix of a supported size")
+            fail(f"LoRA tensor {key[:120]!r} is not a 2-D float matrix of a supported size")
         is_down = key.endswith(".lora.down.weight")
         partner = key.replace(".lora.down.", ".lora.up.") if is_down else key.replace(".lora.up.", ".lora.down.")
         if partner not in lora:
-            fail(f"LoRA tensor {key[:80]!r} has no matching {'up' if is_down else 'down'} weight")
+            fail(f"LoRA tensor {key[:120]!r} has no matching {'up' if is_down else 'down'} weight")
         if (value.shape[0] if is_down else value.shape[1]) != rank:
-            fail(f"LoRA tensor {key[:80]!r} has shape {tuple(value.shape)}, not rank {rank}")
+            fail(f"LoRA tensor {key[:120]!r} has shape {tuple(value.shape)}, not rank {rank}")

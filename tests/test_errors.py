@@ -1,8 +1,10 @@
 """Bad input gets one clear ``Error:`` line, exit code 1, and leaves the store unchanged."""
 
+import io
 import json
 import pickle
 import random
+import struct
 
 import pytest
 import torch
@@ -142,7 +144,7 @@ def hostile_files(data: bytes, tmp_path):
     e_opt = torch.zeros(1, 77, 32)
     nan_e_opt = e_opt.clone()
     nan_e_opt[0, 3, 5] = float("nan")
-    up_key = next(k for k in rewrite_keys(data) if ".lora.up." in k)
+    up_key = min((k for k in rewrite_keys(data) if ".lora.up." in k), key=len)
     return [
         ("truncated", data[: len(data) // 2], "is corrupt: its tensors do not match their checksum"),
         ("tampered", data[:-10] + bytes(10), "is corrupt: its tensors do not match their checksum"),
@@ -160,6 +162,8 @@ def hostile_files(data: bytes, tmp_path):
         ("short", data[:5], "is truncated or not a safetensors file (5 bytes)"),
         ("random", random.Random(0).randbytes(4096), "is truncated or not a safetensors file (bad header length)"),
         ("pickle", pickle.dumps({"e_opt": [1, 2, 3]}), "is truncated or not a safetensors file (bad header length)"),
+        ("torchsave", torch_saved(), "is truncated or not a safetensors file (bad header length)"),
+        ("offsets", forged_offsets(data), "is not a valid safetensors file: "),
         ("empty", b"", "is truncated or not a safetensors file (0 bytes)"),
         ("other", rewrite(data, header={"format": "something-else"}),
          "is not an imagic-lora profile (no 'imagic-lora-profile' metadata)"),
@@ -176,7 +180,23 @@ def hostile_files(data: bytes, tmp_path):
         ("nan", rewrite(data, tensors={"e_opt": nan_e_opt}), ": tensor 'e_opt' holds NaN or infinite values"),
         ("badname", rewrite(data, header={"name": "../../etc/passwd"}),
          "invalid profile name '../../etc/passwd'"),
+        ("control", rewrite(data, header={"name": "dog\x1b[2J\n"}), "invalid profile name 'dog\\x1b[2J\\n'"),
     ]
+
+
+def torch_saved() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"e_opt": torch.zeros(2)}, buffer)
+    return buffer.getvalue()
+
+
+def forged_offsets(data: bytes) -> bytes:
+    """A tensor entry pointing far past the end of the file; the checksum of the tensor bytes still holds."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header["e_opt"]["data_offsets"] = [0, 10**12]
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob)) + blob + data[8 + length :]
 
 
 def rewrite_keys(data):
