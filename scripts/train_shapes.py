@@ -1,0 +1,123 @@
+"""Train the shapes model from scratch on the CPU: VAE, then UNet and text encoder together.
+
+Fixed seeds; writes imagic_lora/data/shapes/shapes-model.safetensors (fp16).
+Run from the repository root: ``python scripts/train_shapes.py`` (about 45 minutes on 2 cores).
+"""
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagic_lora.shapes.model import build_components, save_weights
+from imagic_lora.shapes.world import caption, random_details, random_scene, render
+
+OUT = Path("imagic_lora/data/shapes/shapes-model.safetensors")
+
+
+def dataset(count: int, seed: int) -> tuple[torch.Tensor, list]:
+    rng = random.Random(seed)
+    pixels, scenes = [], []
+    for _ in range(count):
+        scene = random_scene(rng)
+        pixels.append(np.asarray(render(scene, random_details(rng)), dtype=np.float32) / 127.5 - 1)
+        scenes.append(scene)
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(), scenes
+
+
+def train_vae(vae, pixels, steps: int, batch: int, log) -> None:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    vae.train()
+    for step in range(steps):
+        x = pixels[torch.randint(0, len(pixels), (batch,), generator=generator)]
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        loss = F.mse_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step} loss {loss.item():.5f}")
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, pixels) -> torch.Tensor:
+    return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(512)])
+
+
+def train_unet(components, latents, captions, steps: int, batch: int, log, checkpoint) -> None:
+    unet, text_encoder, tokenizer, scheduler = (components[k] for k in ("unet", "text_encoder", "tokenizer",
+                                                                         "scheduler"))
+    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    empty = ids[-1]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(2)
+    unet.train()
+    text_encoder.train()
+    for step in range(steps):
+        index = torch.randint(0, len(latents), (batch,), generator=generator)
+        tokens = ids[index].clone()
+        tokens[torch.rand(batch, generator=generator) < 0.1] = empty  # for classifier-free guidance
+        x0 = latents[index]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        prediction = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens).last_hidden_state).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"unet step {step} loss {loss.item():.5f} lr {schedule.get_last_lr()[0]:.2e}")
+        if step % 1000 == 999:
+            checkpoint()
+    unet.eval()
+    text_encoder.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=40000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    start = time.time()
+
+    def log(message: str) -> None:
+        print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
+
+    components = build_components()
+    pixels, scenes = dataset(args.images, seed=0)
+    log(f"rendered {len(pixels)} images")
+    train_vae(components["vae"], pixels, args.vae_steps, args.batch, log)
+    latents = encode_all(components["vae"], pixels)
+    scaling = float(1 / latents.std())
+    components["vae"].register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    log(f"encoded latents {tuple(latents.shape)}, scaling factor {scaling:.4f}")
+    rng = random.Random(3)
+    captions = [caption(scene, rng.randrange(4)) for scene in scenes]
+    train_unet(components, latents, captions, args.unet_steps, args.batch, log,
+               lambda: save_weights(components, args.out.with_suffix(".partial.safetensors")))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(components, args.out)
+    log(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
