@@ -4,6 +4,7 @@ Characters stay in the vocabulary, so any other word still tokenizes, one piece 
 Run from the repository root: ``python scripts/make_shapes_tokenizer.py``.
 """
 
+import itertools
 import json
 import string
 from pathlib import Path
@@ -16,7 +17,7 @@ CHARS = string.ascii_lowercase + string.digits + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`
 
 def word_merges(word: str) -> list[tuple[str, str]]:
     """Left-to-right merges that join ``word``'s characters into ``word</w>``."""
-    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    pieces = [*list(word[:-1]), word[-1] + "</w>"]
     merges = []
     while len(pieces) > 1:
         merges.append((pieces[0], pieces[1]))
@@ -26,9 +27,9 @@ def word_merges(word: str) -> list[tuple[str, str]]:
 
 def bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """CLIP's BPE on one word: repeatedly merge the lowest-ranked adjacent pair."""
-    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    pieces = [*list(word[:-1]), word[-1] + "</w>"]
     while True:
-        pairs = [(ranks.get(pair, 1 << 30), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(ranks.get(pair, 1 << 30), i) for i, pair in enumerate(itertools.pairwise(pieces))]
         rank, i = min(pairs, default=(1 << 30, -1))
         if rank == 1 << 30:
             return pieces

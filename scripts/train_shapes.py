@@ -55,7 +55,7 @@ def encode_all(vae, pixels) -> torch.Tensor:
 def train_unet(components, latents, captions, steps: int, batch: int, log, checkpoint) -> None:
     unet, text_encoder, tokenizer, scheduler = (components[k] for k in ("unet", "text_encoder", "tokenizer",
                                                                          "scheduler"))
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
+    ids = tokenizer([*captions, ""], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = ids[-1]
     params = list(unet.parameters()) + list(text_encoder.parameters())
