@@ -284,6 +284,48 @@ def profiles_backup(path, replace) -> None:
     click.echo(str(ProfileStore().backup(path, replace=replace)))
 
 
+@cli.group()
+def bench() -> None:
+    """Benchmarks on the built-in shapes model; they print tables and write JSON."""
+
+
+@bench.command(name="sanity")
+@click.option("--prompts", type=int, default=200, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
+@user_errors
+def bench_sanity(prompts, out) -> None:
+    """Text-to-image: how often the shapes model draws what the prompt asks."""
+    from pathlib import Path
+
+    from .bench.sanity import sanity
+    from .images import labelled_grid
+
+    rates, images = sanity(prompts)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "sanity.json").write_text(json.dumps({"prompts": prompts, "percent": rates}, indent=1))
+    labelled_grid([(str(i), image) for i, image in enumerate(images[:64])], 8, 64).save(Path(out) / "sanity.png")
+    click.echo(f"Over {prompts} prompts: " + ", ".join(f"{k} {v:.0f} %" for k, v in rates.items()))
+
+
+@bench.command(name="edits")
+@click.option("--cases", type=int, default=None, help="How many cases [default: 16; 120 with --full].")
+@click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 2 hours on 2 CPU cores).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
+@user_errors
+def bench_edits(cases, full, seed, out) -> None:
+    """Edit quality: imagic-lora vs SDEdit, text-to-image and classic Imagic on shapes cases."""
+    from pathlib import Path
+
+    from .bench.edits import BenchConfig, run
+    from .bench.report import tables
+
+    config = BenchConfig(cases=cases or (120 if full else 16), seed=seed)
+    summary = run(config, Path(out))
+    click.echo(tables(summary))
+    click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")
+
+
 def main() -> None:
     cli(prog_name="imagic-lora")
 

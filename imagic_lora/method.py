@@ -175,6 +175,26 @@ def finetune_lora(
         remove_lora(base.pipe.unet)
 
 
+def finetune_full(
+    base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, steps: int, lr: float,
+    generator: torch.Generator, progress: bool = True,
+) -> StageResult:
+    """Classic Imagic step B, for comparison: fine-tune every UNet weight with fp32 Adam, no checkpointing.
+
+    Changes ``base.pipe.unet`` in place; callers keep a copy of its weights to restore.
+    """
+    unet = base.pipe.unet
+    unet.requires_grad_(True)
+    try:
+        optimizer = torch.optim.Adam(unet.parameters(), lr=lr)
+        loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
+        with _with_training_mode(base, checkpointing=False):
+            return _optimize(loss_fn, optimizer, steps, "classic UNet", "the learning rate", progress,
+                             _grad_scaler(base))
+    finally:
+        unet.requires_grad_(False)
+
+
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """bitsandbytes ``AdamW8bit`` (default) or torch ``AdamW`` over the LoRA parameters."""
     if config.optimizer == "adamw":

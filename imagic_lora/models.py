@@ -13,9 +13,11 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
 
 from .errors import InvalidConfig, ModelLoadError
+from .shapes.model import SHAPES_MODEL, shapes_pipeline
 from .tiny import TINY_MODEL, tiny_pipeline
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, SHAPES_MODEL: shapes_pipeline}
 MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
@@ -110,8 +112,8 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
 
 
 def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
-    if model_id == TINY_MODEL:
-        pipe = tiny_pipeline()
+    if model_id in BUILTIN_MODELS:
+        pipe = BUILTIN_MODELS[model_id]()
         return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
     path = Path(model_id).expanduser()
     if path.is_file():

@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers: edit quality on the shapes world."""

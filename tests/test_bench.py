@@ -1,0 +1,44 @@
+"""The edit benchmark's cases, scoring and tables (the model runs are in test_shapes_model.py)."""
+
+from imagic_lora.bench.cases import EDIT_TYPES, make_cases, score
+from imagic_lora.bench.report import summarize, tables
+from imagic_lora.shapes.world import ATTRIBUTES
+
+
+def test_cases_change_exactly_one_attribute_and_cycle_through_edit_types():
+    cases = make_cases(40, seed=3)
+    assert [c.edit for c in cases[:4]] == list(EDIT_TYPES)
+    for case in cases:
+        changed = {a for a in ATTRIBUTES if getattr(case.scene, a) != getattr(case.target, a)}
+        expected = {"column", "row"} if case.edit == "position" else {case.edit}
+        assert changed and changed <= expected
+        assert case.edit_prompt != case.source_prompt
+    assert make_cases(40, seed=3) == cases
+
+
+def test_ground_truth_scores_as_success_and_the_unedited_input_does_not():
+    for case in make_cases(24, seed=1):
+        truth = score(case.ground_truth(), case)
+        assert truth["success"] and truth["psnr"] == float("inf")
+        unedited = score(case.input_image(), case)
+        assert unedited["preserved"] and not unedited["edit_success"]
+
+
+def test_tables_report_every_method_and_alpha():
+    rows = []
+    for case in make_cases(8):
+        truth = score(case.ground_truth(), case)
+        for alpha in (0.6, 0.7):
+            rows.append({"method": "imagic-lora", "alpha": alpha, "train_seconds": 2.0, "edit": case.edit, **truth})
+            rows.append({"method": "classic-imagic", "alpha": alpha, "train_seconds": 8.0, "edit": case.edit,
+                         **score(case.input_image(), case)})
+        rows.append({"method": "sdedit", "strength": 0.7, "train_seconds": 0.0, "edit": case.edit, **truth})
+        rows.append({"method": "text-to-image", "train_seconds": 0.0, "edit": case.edit, **truth})
+    summary = summarize(rows, 0.7)
+    assert summary["methods"]["imagic-lora α=0.7"]["success"] == 100.0
+    assert summary["methods"]["classic-imagic α=0.7"]["success"] == 0.0
+    assert summary["methods"]["classic-imagic α=0.7"]["train_seconds"] == 8.0
+    text = tables(summary)
+    assert "| imagic-lora α=0.7 | 100 % | 100 % | 100 % | 60.0 | 2.0 |" in text
+    assert "| classic-imagic α=0.7 | 0 % | 100 % | 0 % |" in text
+    assert "| 0.6 | 100 / 100 / 100 % | 0 / 100 / 0 % |" in text
