@@ -57,8 +57,12 @@ def train(
 
     # 3. the two Imagic stages
     generator = torch.Generator("cpu").manual_seed(config.seed)
-    e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
-    lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
+    try:
+        e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
+        lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
+    finally:  # leave a caller's model ready to use
+        base.pipe.vae.to(base.device)
+        base.pipe.text_encoder.to(base.device)
 
     # 4. build and store the profile
     profile = Profile(

@@ -4,12 +4,14 @@ The profile is trained with the built-in tiny model, so it is small and loads of
 Run from the repository root: ``python scripts/make_example.py``.
 """
 
+import random
 import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from imagic_lora import TINY_MODEL, ProfileStore, TrainConfig, train
+from imagic_lora.shapes.world import Scene, caption, random_details, render
 
 PROFILES = Path("profiles")
 PROMPT = "a red ball on green grass"
@@ -25,8 +27,17 @@ def draw_example() -> Image.Image:
     return image
 
 
+def write_shapes_input() -> None:
+    """The demo's input: a shapes-world scene whose caption is the README's training prompt."""
+    scene = Scene("circle", "red", "large", "left", "middle")
+    details = random_details(random.Random(7))
+    render(scene, details).save(PROFILES / "shapes-input.png")
+    print(f"{PROFILES / 'shapes-input.png'}: {caption(scene)}")
+
+
 def main() -> None:
     PROFILES.mkdir(exist_ok=True)
+    write_shapes_input()
     source = PROFILES / "example-input.png"
     draw_example().save(source)
     with tempfile.TemporaryDirectory() as tmp:

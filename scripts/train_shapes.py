@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from imagic_lora.shapes.model import build_components, save_weights
 from imagic_lora.shapes.world import caption, random_details, random_scene, render
@@ -91,9 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=40000)
     parser.add_argument("--vae-steps", type=int, default=1200)
-    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--unet-steps", type=int, default=3600)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="Reuse the VAE (and its scaling factor) of an earlier output instead of training it.")
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.time()
@@ -104,7 +107,12 @@ def main() -> None:
     components = build_components()
     pixels, scenes = dataset(args.images, seed=0)
     log(f"rendered {len(pixels)} images")
-    train_vae(components["vae"], pixels, args.vae_steps, args.batch, log)
+    if args.vae_from:
+        tensors = load_file(str(args.vae_from))
+        components["vae"].load_state_dict({k[4:]: v.float() for k, v in tensors.items() if k.startswith("vae.")})
+        log(f"loaded the VAE from {args.vae_from}")
+    else:
+        train_vae(components["vae"], pixels, args.vae_steps, args.batch, log)
     latents = encode_all(components["vae"], pixels)
     scaling = float(1 / latents.std())
     components["vae"].register_to_config(scaling_factor=scaling)
