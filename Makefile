@@ -17,10 +17,11 @@ $(BIN)/imagic-lora: pyproject.toml
 setup: $(BIN)/imagic-lora
 
 demo: setup
-	$(BIN)/imagic-lora train demo profiles/example-input.png --prompt "a red ball on green grass" \
-		--model builtin:tiny --replace
-	$(BIN)/imagic-lora apply profile demo "a blue ball on green grass" --alpha 0 --alpha 0.7 --out $(OUT)
-	@echo "Before/after: $(OUT)/demo_a-blue-ball-on-green-grass_grid.png"
+	$(BIN)/imagic-lora train demo profiles/shapes-input.png --prompt "a large red circle on the left" \
+		--model builtin:shapes --replace
+	$(BIN)/imagic-lora apply profile demo "a large blue circle on the left" --alpha 0 --alpha 0.7 --alpha 0.9 \
+		--seeds 2 --out $(OUT)
+	@echo "Before/after: $(OUT)/demo_a-large-blue-circle-on-the-left_grid.png"
 
 test: setup
 	$(BIN)/ruff check .

@@ -52,7 +52,7 @@ def headline(summary: dict) -> list[str]:
     names += sorted(n for n in summary["methods"] if n.startswith("sdedit"))
     names.append("text-to-image")
     best = max((n for n in summary["methods"] if n.startswith("imagic-lora")),
-               key=lambda n: summary["methods"][n]["success"])
+               key=lambda n: (summary["methods"][n]["success"], summary["methods"][n]["edit_success"]))
     if best not in names:
         names.insert(1, f"{best} (best α, chosen after the fact)")
     return names
