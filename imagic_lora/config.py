@@ -55,8 +55,8 @@ class TrainConfig:
         _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.resolution is not None:
             _check(
-                64 <= self.resolution <= 2048 and self.resolution % 8 == 0,
-                f"--resolution must be a multiple of 8 in [64, 2048], got {self.resolution}",
+                32 <= self.resolution <= 2048 and self.resolution % 8 == 0,
+                f"--resolution must be a multiple of 8 in [32, 2048], got {self.resolution}",
             )
 
 

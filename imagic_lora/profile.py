@@ -158,7 +158,7 @@ def _check_metadata(header: dict, source: str) -> dict:
     rank, alpha = lora.get("rank"), lora.get("alpha")
     if not _is_int_in(rank, 1, 256) or not _is_number_in(alpha, 0, 1e6) or alpha == 0:
         raise InvalidProfileFile(f"{source} metadata has no valid LoRA rank (1-256) and alpha (> 0)")
-    if not _is_int_in(resolution, 64, 4096):
+    if not _is_int_in(resolution, 16, 4096):
         raise InvalidProfileFile(f"{source} metadata has an unsupported resolution")
     return metadata
 

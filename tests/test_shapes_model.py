@@ -38,8 +38,10 @@ def test_fixed_seed_edits_make_the_asked_change(shapes, tmp_path, index):
     case = make_cases(16, seed=0)[index]
     image = tmp_path / "input.png"
     case.input_image().save(image)
-    profile = train(f"case{index}", image, case.source_prompt, model=shapes, config=TrainConfig(seed=index),
-                    store=ProfileStore(tmp_path / "p.db"), progress=False)
+    store = ProfileStore(tmp_path / "p.db")
+    train(f"case{index}", image, case.source_prompt, model=shapes, config=TrainConfig(seed=index), store=store,
+          progress=False)
+    profile = store.get(f"case{index}")  # through the stored file, as the CLI does
     [path] = apply(profile, case.edit_prompt, out_dir=tmp_path, model=shapes,
                    config=ApplyConfig(alphas=(0.7,), seed=index), progress=False)
     result = score(Image.open(path), case)
