@@ -308,8 +308,8 @@ def bench_sanity(prompts, out) -> None:
 
 
 @bench.command(name="edits")
-@click.option("--cases", type=int, default=None, help="How many cases [default: 16; 120 with --full].")
-@click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 2 hours on 2 CPU cores).")
+@click.option("--cases", type=int, default=None, help="Cases [default: 10, about 18 min; 120 with --full].")
+@click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 3.5 hours on 2 CPU cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors
@@ -320,7 +320,7 @@ def bench_edits(cases, full, seed, out) -> None:
     from .bench.edits import BenchConfig, run
     from .bench.report import tables
 
-    config = BenchConfig(cases=cases or (120 if full else 16), seed=seed)
+    config = BenchConfig(cases=cases or (120 if full else BenchConfig.cases), seed=seed)
     summary = run(config, Path(out))
     click.echo(tables(summary))
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")

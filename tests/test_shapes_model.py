@@ -16,7 +16,7 @@ from imagic_lora.bench.cases import make_cases, score
 from imagic_lora.shapes.model import SHAPES_MODEL
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "imagic_lora" / "data" / "shapes" / "shapes-model.safetensors"
-# Cases of make_cases(16, seed=0) whose asked attribute imagic-lora changed with its defaults in `bench edits`.
+# Cases of make_cases(16, seed=0) whose asked attribute imagic-lora changed in `bench edits --cases 16`.
 EDITED_CASES = (1, 2)
 
 
