@@ -162,7 +162,9 @@ def finetune_lora(
     generator: torch.Generator, progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], StageResult]:
     """Imagic step B: with e_opt frozen, train a LoRA adapter on the UNet's attention projections."""
-    params = add_lora(base.pipe.unet, config.rank, config.lora_alpha)
+    with torch.random.fork_rng(devices=[]):  # the adapter's random init follows config.seed too
+        torch.manual_seed(config.seed)
+        params = add_lora(base.pipe.unet, config.rank, config.lora_alpha)
     try:
         optimizer = make_optimizer(params, config)
         loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
