@@ -113,22 +113,19 @@ def _optimize(
     return StageResult(losses)
 
 
+@contextlib.contextmanager
 def _with_training_mode(base: BaseModel, checkpointing: bool):
+    """The UNet in train mode (checkpointing only acts there), back to eval mode afterwards."""
     unet = base.pipe.unet
-
-    @contextlib.contextmanager
-    def scope():
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    try:
+        yield
+    finally:
+        unet.eval()
         if checkpointing:
-            unet.enable_gradient_checkpointing()
-        unet.train()
-        try:
-            yield
-        finally:
-            unet.eval()
-            if checkpointing:
-                unet.disable_gradient_checkpointing()
-
-    return scope()
+            unet.disable_gradient_checkpointing()
 
 
 def _grad_scaler(base: BaseModel) -> torch.amp.GradScaler:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..errors import ModelLoadError
@@ -54,8 +54,6 @@ def build_components(scaling_factor: float = 1.0) -> dict:
 
 def save_weights(components: dict, path) -> None:
     """All trainable weights in one fp16 safetensors file, the VAE scaling factor in its metadata."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for name in ("vae", "unet", "text_encoder"):
         for key, value in components[name].state_dict().items():
@@ -68,8 +66,6 @@ def shapes_pipeline() -> StableDiffusionPipeline:
     with resources.as_file(_data(WEIGHTS)) as path:
         if not path.is_file():
             raise ModelLoadError(f"the shapes model weights are missing ({path}). Try: python scripts/train_shapes.py")
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             scaling_factor = float(f.metadata()["scaling_factor"])
         tensors = load_file(str(path))
@@ -81,5 +77,3 @@ def shapes_pipeline() -> StableDiffusionPipeline:
     return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
-
-__all__ = ["SHAPES_MODEL", "build_components", "save_weights", "shapes_pipeline", "torch"]
