@@ -14,7 +14,7 @@ from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import IncompatibleProfile, InvalidConfig
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
-from .lora import TARGET_MODULES, load_lora, remove_lora
+from .lora import TARGET_MODULES, fused_lora
 from .method import encode_image, encode_prompt, finetune_lora, generate, optimize_embedding
 from .models import BaseModel, load_model
 from .profile import Profile, check_name
@@ -144,12 +144,9 @@ def apply(
     if warning and warn:
         warn(warning)
 
-    # 2. generate with the adapter loaded, leaving the base model clean afterwards
-    load_lora(base.pipe.unet, {k: v.to(base.device) for k, v in profile.lora.items()}, profile.rank, profile.lora_alpha)
-    try:
+    # 2. generate with the adapter fused into the weights, leaving the base model as it was afterwards
+    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
         results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress)
-    finally:
-        remove_lora(base.pipe.unet)
 
     # 3. write the images
     out.mkdir(parents=True, exist_ok=True)

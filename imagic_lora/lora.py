@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
 
 from .errors import IncompatibleProfile
 
@@ -43,18 +46,27 @@ def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
             for key, value in convert_state_dict_to_diffusers(peft_state).items()}
 
 
-def expected_shapes(unet: torch.nn.Module, rank: int, alpha: float) -> dict[str, tuple[int, ...]]:
-    """The key names and shapes an adapter of this rank must have on ``unet``."""
-    add_lora(unet, rank, alpha)
-    try:
-        return {key: tuple(value.shape) for key, value in lora_state_dict(unet).items()}
-    finally:
-        remove_lora(unet)
+DOWN, UP = ".lora.down.weight", ".lora.up.weight"
 
 
-def load_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float) -> None:
-    """Attach an adapter to ``unet`` and load ``state`` into it, refusing any shape mismatch."""
-    expected = expected_shapes(unet, rank, alpha)
+def _target_linears(unet: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The attention projections an adapter trains, by module path (inside PEFT's wrappers, if any are left)."""
+    found = {}
+    for name, module in unet.named_modules():
+        if name.endswith(tuple("." + t for t in TARGET_MODULES)):
+            layer = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+            if isinstance(layer, torch.nn.Linear):
+                found[name] = layer
+    return found
+
+
+def _pairs(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int):
+    """``(linear, down, up)`` for every target layer, refusing a key or shape that does not fit ``unet``."""
+    linears = _target_linears(unet)
+    expected = {}
+    for path, linear in linears.items():
+        expected[PREFIX + path + DOWN] = (rank, linear.in_features)
+        expected[PREFIX + path + UP] = (linear.out_features, rank)
     given = {key: tuple(value.shape) for key, value in state.items()}
     for key in sorted(set(expected) | set(given)):
         if expected.get(key) != given.get(key):
@@ -62,7 +74,26 @@ def load_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, 
                 f"the profile's adapter does not fit this model ({key}: profile {given.get(key)}, "
                 f"model {expected.get(key)}). Try: the base model the profile was trained on"
             )
-    add_lora(unet, rank, alpha)
-    peft_state = convert_unet_state_dict_to_peft({k[len(PREFIX):]: v for k, v in state.items()})
-    set_peft_model_state_dict(unet, peft_state, adapter_name=ADAPTER)
-    unet.requires_grad_(False)
+    return [(linear, state[PREFIX + path + DOWN], state[PREFIX + path + UP]) for path, linear in linears.items()]
+
+
+@contextlib.contextmanager
+def fused_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float):
+    """Add the adapter's update ``alpha/rank · up @ down`` into the UNet's weights for sampling.
+
+    Sampling then costs what plain sampling costs. The original weights wait on the CPU and are
+    put back exactly afterwards, so the accelerator never holds two copies.
+    """
+    pairs = _pairs(unet, state, rank)
+    originals: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for linear, down, up in pairs:
+                weight = linear.weight.data
+                update = (alpha / rank) * (up.float() @ down.float())
+                originals.append((linear, weight.to("cpu", copy=True)))
+                linear.weight.data = (weight.float() + update.to(weight.device)).to(weight.dtype)
+        yield
+    finally:
+        for linear, original in originals:
+            linear.weight.data = original.to(linear.weight.device)

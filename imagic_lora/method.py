@@ -218,7 +218,7 @@ def generate(
 ) -> list[tuple[float, int, Image.Image]]:
     """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds``.
 
-    Load an adapter into ``base`` first (:func:`imagic_lora.lora.load_lora`) to edit with it.
+    Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it.
     """
     e_new = encode_prompt(base, prompt)
     negative = encode_prompt(base, config.negative_prompt)

@@ -5,10 +5,11 @@ import pytest
 import torch
 from conftest import EXAMPLE_INPUT, FAST, PROMPT
 from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_unet_state_dict_to_peft
 
-from imagic_lora import ApplyConfig, TrainConfig, TrainingDiverged
+from imagic_lora import ApplyConfig, IncompatibleProfile, TrainConfig, TrainingDiverged
 from imagic_lora.images import fit_image, load_image, to_tensor
-from imagic_lora.lora import load_lora, remove_lora
+from imagic_lora.lora import fused_lora, remove_lora
 from imagic_lora.method import (
     diffusion_loss,
     encode_image,
@@ -86,18 +87,49 @@ def test_stage2_keeps_base_weights_and_changes_the_output(tiny, optimizer):
     assert len(result.losses) == 6 and all(key.startswith("unet.") for key in lora)
     assert any(value.abs().sum() > 0 for key, value in lora.items() if ".lora.up." in key)
 
-    load_lora(tiny.pipe.unet, lora, config.rank, config.lora_alpha)
-    assert not np.array_equal(_image(tiny, e_opt), before), "the trained adapter must change the output"
-    remove_lora(tiny.pipe.unet)
-    assert np.array_equal(_image(tiny, e_opt), before)
+    with fused_lora(tiny.pipe.unet, lora, config.rank, config.lora_alpha):
+        assert not np.array_equal(_image(tiny, e_opt), before), "the trained adapter must change the output"
+    assert all(torch.equal(weights[name], param) for name, param in _named_weights(tiny.pipe))
+    assert np.array_equal(_image(tiny, e_opt), before), "unfusing must restore the base weights exactly"
 
 
-def test_lora_save_and_reload_gives_the_identical_image(tiny, trained):
-    load_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha)
-    first = _image(tiny, trained.e_opt, alpha=0.7)
-    remove_lora(tiny.pipe.unet)
-    load_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha)
-    assert np.array_equal(_image(tiny, trained.e_opt, alpha=0.7), first)
+def test_lora_fused_twice_gives_the_identical_image(tiny, trained):
+    with fused_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha):
+        first = _image(tiny, trained.e_opt, alpha=0.7)
+    with fused_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha):
+        assert np.array_equal(_image(tiny, trained.e_opt, alpha=0.7), first)
+
+
+def test_fused_adapter_matches_the_peft_adapter(tiny, trained):
+    """Fusing is only a faster way to run the same adapter: outputs agree with PEFT's unfused layers."""
+    from peft.utils import set_peft_model_state_dict
+
+    from imagic_lora.lora import ADAPTER, PREFIX, add_lora
+
+    latents = _latents(tiny)
+    t = torch.tensor([400])
+    with fused_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha), torch.no_grad():
+        fused = tiny.pipe.unet(latents, t, trained.e_opt).sample
+    add_lora(tiny.pipe.unet, trained.rank, trained.lora_alpha)
+    try:
+        peft_state = convert_unet_state_dict_to_peft({k[len(PREFIX):]: v for k, v in trained.lora.items()})
+        set_peft_model_state_dict(tiny.pipe.unet, peft_state, adapter_name=ADAPTER)
+        with torch.no_grad():
+            unfused = tiny.pipe.unet(latents, t, trained.e_opt).sample
+    finally:
+        remove_lora(tiny.pipe.unet)
+    plain = tiny.pipe.unet(latents, t, trained.e_opt).sample.detach()
+    assert torch.allclose(fused, unfused, atol=1e-5)
+    assert not torch.allclose(fused, plain, atol=1e-3), "the adapter must matter for this check to mean anything"
+
+
+def test_fused_lora_refuses_an_adapter_of_another_shape(tiny, trained):
+    state = dict(trained.lora)
+    key = next(k for k in state if k.endswith(".lora.down.weight"))
+    state[key] = torch.zeros(trained.rank + 1, state[key].shape[1])
+    with pytest.raises(IncompatibleProfile, match="adapter does not fit this model"), \
+            fused_lora(tiny.pipe.unet, state, trained.rank, trained.lora_alpha):
+        pass
 
 
 def test_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(tiny):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import ApplyConfig, TrainConfig
 from ..images import labelled_grid, to_tensor
-from ..lora import load_lora, remove_lora
+from ..lora import fused_lora
 from ..method import encode_image, encode_prompt, finetune_full, finetune_lora, generate, optimize_embedding
 from ..models import BaseModel, load_model
 from ..shapes.model import SHAPES_MODEL
@@ -87,9 +87,8 @@ def run_case(base: BaseModel, case: Case, config: BenchConfig) -> tuple[list[dic
     start = time.perf_counter()
     lora, _ = finetune_lora(base, latents, e_opt, config.train, generator, progress=False)
     seconds = stage1 + time.perf_counter() - start
-    load_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha)
-    ours, ours_shown = _imagic_rows("imagic-lora", base, e_opt, case, config, seconds)
-    remove_lora(base.pipe.unet)
+    with fused_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha):
+        ours, ours_shown = _imagic_rows("imagic-lora", base, e_opt, case, config, seconds)
 
     # 3. classic Imagic: full UNet fine-tuning, then the weights are put back
     original = copy.deepcopy(base.pipe.unet.state_dict())
