@@ -15,7 +15,7 @@ from .config import ApplyConfig, TrainConfig
 from .errors import IncompatibleProfile, InvalidConfig
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
 from .lora import TARGET_MODULES, fused_lora
-from .method import encode_image, encode_prompt, finetune_lora, generate, optimize_embedding
+from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
 from .models import BaseModel, load_model
 from .profile import Profile, check_name
 from .store import ProfileStore
@@ -51,18 +51,12 @@ def train(
     # 2. encode the image and the prompt once
     latents = encode_image(base, to_tensor(fitted))
     source_embedding = encode_prompt(base, prompt)
-    if base.device.type != "cpu":  # free accelerator memory for the UNet's training
-        base.pipe.vae.to("cpu")
-        base.pipe.text_encoder.to("cpu")
 
-    # 3. the two Imagic stages
+    # 3. the two Imagic stages, with the encoders off the accelerator
     generator = torch.Generator("cpu").manual_seed(config.seed)
-    try:
+    with encoders_offloaded(base, config.offload_encoders):
         e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
-    finally:  # leave a caller's model ready to use
-        base.pipe.vae.to(base.device)
-        base.pipe.text_encoder.to(base.device)
 
     # 4. build and store the profile
     profile = Profile(
@@ -84,7 +78,8 @@ def _metadata(base, prompt, config, resolution, image, loss1, loss2) -> dict:
         "training": {
             "embedding_steps": config.embedding_steps, "embedding_lr": config.embedding_lr,
             "lora_steps": config.lora_steps, "lora_lr": config.lora_lr, "optimizer": config.optimizer,
-            "fit": config.fit, "seed": config.seed, "device": base.device.type, "dtype": str(base.dtype),
+            "samples_per_step": config.samples_per_step, "fit": config.fit, "seed": config.seed,
+            "device": base.device.type, "dtype": str(base.dtype),
         },
         "losses": {"embedding": loss1, "lora": loss2},
         "resolution": resolution,

@@ -82,6 +82,12 @@ def cli() -> None:
               help="Make a non-square image square by center-cropping or padding.")
 @click.option("--seed", type=int, default=_default(TrainConfig, "seed"), show_default=True,
               help="Seed of the timesteps and noise drawn in training.")
+@click.option("--samples-per-step", type=int, default=_default(TrainConfig, "samples_per_step"), show_default=True,
+              help="Noise samples (timesteps) batched into each training step.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute UNet activations in backward to save memory [default: on for GPUs].")
+@click.option("--offload-encoders/--no-offload-encoders", default=True, show_default=True,
+              help="Move the VAE and text encoder off the GPU while training.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing profile of that name.")
 @model_options
 @user_errors

@@ -39,7 +39,10 @@ class TrainConfig:
     resolution: int | None = None
     fit: str = "crop"
     seed: int = 0
+    samples_per_step: int = 1
+    # the low-memory switches, on by default on an accelerator; the benchmark turns them off to compare
     gradient_checkpointing: bool | None = None
+    offload_encoders: bool = True
 
     def __post_init__(self) -> None:
         _check(self.embedding_steps >= 0, f"--embedding-steps must be >= 0, got {self.embedding_steps}")
@@ -47,6 +50,8 @@ class TrainConfig:
         _check(_positive_finite(self.embedding_lr), f"--embedding-lr must be > 0, got {self.embedding_lr}")
         _check(_positive_finite(self.lora_lr), f"--lora-lr must be > 0, got {self.lora_lr}")
         _check(1 <= self.rank <= 256, f"--rank must be in [1, 256], got {self.rank}")
+        _check(1 <= self.samples_per_step <= 64,
+               f"--samples-per-step must be in [1, 64], got {self.samples_per_step}")
         _check(_positive_finite(self.lora_alpha), f"--lora-alpha must be > 0, got {self.lora_alpha}")
         _check(
             self.optimizer in OPTIMIZERS,

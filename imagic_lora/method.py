@@ -73,15 +73,17 @@ def diffusion_loss(
 
 
 def random_loss_fn(
-    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, generator: torch.Generator
+    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, generator: torch.Generator, samples: int = 1
 ) -> Callable[[], torch.Tensor]:
-    """A closure drawing a fresh (t, ε) from ``generator`` each call and returning the loss."""
+    """A closure drawing ``samples`` fresh (t, ε) pairs from ``generator`` each call and returning the mean loss."""
     num_timesteps = base.pipe.scheduler.config.num_train_timesteps
+    latents = latents.repeat(samples, 1, 1, 1)
 
     def loss() -> torch.Tensor:
         timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
-        return diffusion_loss(base, latents, embedding, timesteps.to(base.device), noise.to(base.device))
+        conditioning = embedding.expand(latents.shape[0], -1, -1)
+        return diffusion_loss(base, latents, conditioning, timesteps.to(base.device), noise.to(base.device))
 
     return loss
 
@@ -128,6 +130,26 @@ def _with_training_mode(base: BaseModel, checkpointing: bool):
             unet.disable_gradient_checkpointing()
 
 
+@contextlib.contextmanager
+def encoders_offloaded(base: BaseModel, enabled: bool = True):
+    """The VAE and text encoder on the CPU while the UNet trains on an accelerator; back afterwards.
+
+    Their work is done before training starts (latents and prompt embeddings are computed once).
+    """
+    moved = enabled and base.device.type != "cpu"
+    if moved:
+        base.pipe.vae.to("cpu")
+        base.pipe.text_encoder.to("cpu")
+        if base.device.type == "cuda":
+            torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        if moved:
+            base.pipe.vae.to(base.device)
+            base.pipe.text_encoder.to(base.device)
+
+
 def _grad_scaler(base: BaseModel) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(base.device.type, enabled=base.dtype == torch.float16)
 
@@ -145,7 +167,7 @@ def optimize_embedding(
     """Imagic step A: with the UNet frozen, fit the text embedding to the image (Adam)."""
     e_opt = embedding.detach().clone().float().requires_grad_(True)
     optimizer = torch.optim.Adam([e_opt], lr=config.embedding_lr)
-    loss_fn = random_loss_fn(base, latents, e_opt, generator)
+    loss_fn = random_loss_fn(base, latents, e_opt, generator, config.samples_per_step)
     with _with_training_mode(base, _checkpointing(base, config)):
         result = _optimize(
             loss_fn, optimizer, config.embedding_steps, "stage 1/2 embedding", "--embedding-lr", progress,
@@ -164,7 +186,7 @@ def finetune_lora(
         params = add_lora(base.pipe.unet, config.rank, config.lora_alpha)
     try:
         optimizer = make_optimizer(params, config)
-        loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
+        loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator, config.samples_per_step)
         with _with_training_mode(base, _checkpointing(base, config)):
             result = _optimize(
                 loss_fn, optimizer, config.lora_steps, "stage 2/2 LoRA", "--lora-lr", progress, _grad_scaler(base)

@@ -40,9 +40,11 @@ def choose_device(device: str | None = None) -> torch.device:
 
 
 def choose_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """The dtype of frozen weights: fp16 on CUDA, fp32 elsewhere, unless ``dtype`` names one."""
+    """The dtype of frozen weights: bf16 on CUDA GPUs that have it, else fp16 on CUDA, fp32 elsewhere."""
     if dtype in (None, "", "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in DTYPES:
         raise InvalidConfig(f"--dtype must be auto, {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
