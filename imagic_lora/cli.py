@@ -292,7 +292,7 @@ def profiles_backup(path, replace) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks on the built-in shapes model; they print tables and write JSON."""
+    """Benchmarks: edit quality on the shapes model, memory and speed on SD; they print tables and write JSON."""
 
 
 @bench.command(name="sanity")
@@ -330,6 +330,28 @@ def bench_edits(cases, full, seed, out) -> None:
     summary = run(config, Path(out))
     click.echo(tables(summary))
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")
+
+
+@bench.command(name="train")
+@click.option("--family", default="sd15", show_default=True, help="Architecture, built from shipped configs.")
+@click.option("--resolution", type=int, default=None, help="Image size in pixels [default: the family's, 512].")
+@click.option("--steps", type=int, default=3, show_default=True, help="Timed training steps per stage.")
+@click.option("--apply-steps", type=int, default=10, show_default=True, help="Sampling steps timed in apply.")
+@click.option("--apply-images", type=int, default=2, show_default=True, help="Images per sampling batch.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
+@user_errors
+def bench_train(out, **settings) -> None:
+    """Memory and speed: imagic-lora's lean path vs classic Imagic on a real SD architecture (random weights)."""
+    from pathlib import Path
+
+    from .bench.train import TrainBenchConfig, report, run
+
+    results = run(TrainBenchConfig(**settings))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "train.json").write_text(json.dumps(results, indent=1))
+    click.echo(report(results))
+    click.echo(f"\nWrote {Path(out) / 'train.json'}")
 
 
 def main() -> None:
