@@ -332,6 +332,26 @@ def bench_edits(cases, full, seed, out) -> None:
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")
 
 
+@bench.command(name="schedules")
+@click.option("--cases", type=int, default=10, show_default=True, help="Shapes edit cases (about 2.5 min each).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
+@user_errors
+def bench_schedules(cases, seed, out) -> None:
+    """Compute per profile: training schedules against classic Imagic's 500+1000 steps, time and quality."""
+    from pathlib import Path
+
+    from .bench.schedules import schedule_table, settings, summarize_schedules, sweep
+
+    rows = sweep(cases, seed)
+    summary = summarize_schedules(rows)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "schedules.json").write_text(
+        json.dumps({"schedules": settings(), "summary": summary, "rows": rows}, indent=1))
+    click.echo(schedule_table(summary))
+    click.echo(f"\nWrote {Path(out) / 'schedules.json'}")
+
+
 @bench.command(name="train")
 @click.option("--family", default="sd15", show_default=True, help="Architecture, built from shipped configs.")
 @click.option("--resolution", type=int, default=None, help="Image size in pixels [default: the family's, 512].")

@@ -1,0 +1,112 @@
+"""Compute per profile: which training schedule edits as well as classic Imagic for the least time?
+
+Every schedule and the classic recipe train on the same shapes cases with the same seeds; each is
+scored along α by the pixel analyzer, as in the edit benchmark.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+from dataclasses import asdict
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..images import to_tensor
+from ..lora import fused_lora
+from ..method import encode_image, encode_prompt, finetune_full, finetune_lora, optimize_embedding
+from ..models import BaseModel, load_model
+from ..shapes.model import SHAPES_MODEL
+from .cases import make_cases
+from .edits import CLASSIC_TRAIN, BenchConfig, imagic_rows
+
+CLASSIC = "classic 500+1000"
+SCHEDULES = {
+    "500+500 (SD ports)": TrainConfig(embedding_steps=500, embedding_lr=1e-3, lora_steps=500, lora_lr=1e-4),
+    "250+250, lr ×2": TrainConfig(embedding_steps=250, embedding_lr=2e-3, lora_steps=250, lora_lr=2e-4),
+    "100+200, lr ×10": TrainConfig(embedding_steps=100, embedding_lr=1e-2, lora_steps=200, lora_lr=1e-3),
+    "100+100, lr ×10, 4 samples": TrainConfig(embedding_steps=100, embedding_lr=1e-2, lora_steps=100,
+                                              lora_lr=1e-3, samples_per_step=4),
+    "50+100, lr ×20, rank 8": TrainConfig(embedding_steps=50, embedding_lr=2e-2, lora_steps=100, lora_lr=2e-3,
+                                          rank=8, lora_alpha=8),
+}
+
+
+def _train(base: BaseModel, latents, embedding, config: TrainConfig, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    e_opt, _ = optimize_embedding(base, latents, embedding, config, generator, progress=False)
+    lora, _ = finetune_lora(base, latents, e_opt, config, generator, progress=False)
+    return e_opt, lora, time.perf_counter() - start
+
+
+def _classic(base: BaseModel, latents, embedding, bench: BenchConfig, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    e_opt, _ = optimize_embedding(base, latents, embedding, CLASSIC_TRAIN, generator, progress=False)
+    finetune_full(base, latents, e_opt, bench.classic_steps, bench.classic_lr, generator, progress=False)
+    return e_opt, time.perf_counter() - start
+
+
+def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | None = None,
+          progress: bool = True) -> list[dict]:
+    """Score rows for every schedule, the classic recipe, every α and case."""
+    schedules = schedules or SCHEDULES
+    bench = BenchConfig(cases=cases, seed=seed)
+    base = load_model(SHAPES_MODEL, device="cpu")
+    rows = []
+    for case in tqdm(make_cases(cases, seed), desc="schedule cases", disable=not progress, dynamic_ncols=True):
+        latents = encode_image(base, to_tensor(case.input_image()))
+        embedding = encode_prompt(base, case.source_prompt)
+        for name, config in schedules.items():
+            e_opt, lora, seconds = _train(base, latents, embedding, config, case.index)
+            with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
+                rows += [row | {"schedule": name} for row in imagic_rows(name, base, e_opt, case, bench, seconds)[0]]
+        original = copy.deepcopy(base.pipe.unet.state_dict())
+        e_opt, seconds = _classic(base, latents, embedding, bench, case.index)
+        rows += [row | {"schedule": CLASSIC} for row in imagic_rows(CLASSIC, base, e_opt, case, bench, seconds)[0]]
+        base.pipe.unet.load_state_dict(original)
+    return rows
+
+
+def summarize_schedules(rows: list[dict]) -> dict:
+    """Per schedule: train seconds per case, and success / edit / preserved (%) and PSNR per α."""
+    groups: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        groups[row["schedule"]][row["alpha"]].append(row)
+    summary = {}
+    for name, by_alpha in groups.items():
+        every = [r for group in by_alpha.values() for r in group]
+        summary[name] = {
+            "train_seconds": sum(r["train_seconds"] for r in every) / len(every),
+            "alphas": {
+                alpha: {key: 100.0 * sum(bool(r[key]) for r in group) / len(group)
+                        for key in ("success", "edit_success", "preserved")}
+                | {"psnr": sum(min(r["psnr"], 60.0) for r in group) / len(group)}
+                for alpha, group in sorted(by_alpha.items())
+            },
+        }
+    return summary
+
+
+def schedule_table(summary: dict) -> str:
+    """Markdown: each schedule's time against classic, and its best α's scores."""
+    classic_seconds = summary[CLASSIC]["train_seconds"]
+    lines = ["| schedule | train s/case | vs classic | best α | both | edit | preserved | PSNR (dB) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, stats in summary.items():
+        alpha, best = max(stats["alphas"].items(), key=lambda item: (item[1]["success"], item[1]["edit_success"],
+                                                                     item[1]["psnr"]))
+        lines.append(
+            f"| {name} | {stats['train_seconds']:.1f} | {stats['train_seconds'] / classic_seconds:.2f}× | {alpha:.1f} "
+            f"| {best['success']:.0f} % | {best['edit_success']:.0f} % | {best['preserved']:.0f} % "
+            f"| {best['psnr']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def settings(schedules: dict[str, TrainConfig] | None = None) -> dict:
+    return {name: asdict(config) for name, config in (schedules or SCHEDULES).items()}
