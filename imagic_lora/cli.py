@@ -314,8 +314,8 @@ def bench_sanity(prompts, out) -> None:
 
 
 @bench.command(name="edits")
-@click.option("--cases", type=int, default=None, help="Cases [default: 10, about 18 min; 120 with --full].")
-@click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 3.5 hours on 2 CPU cores).")
+@click.option("--cases", type=int, default=None, help="Cases [default: 10, about 15 min; 120 with --full].")
+@click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 3 hours on 2 CPU cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors

@@ -8,6 +8,7 @@ from conftest import PROMPT
 from helpers import pixels, run, store_snapshot
 from PIL import Image
 
+from imagic_lora import TrainConfig
 from imagic_lora.store import user_dir
 
 FAST = ["--embedding-steps", 3, "--lora-steps", 4, "--lora-lr", 1e-2, "--model", "builtin:tiny"]
@@ -31,7 +32,8 @@ def test_train_list_show_apply_export_import_apply_file(image_path, tmp_path):
     assert result.exit_code == 0 and result.stdout.startswith(f'ball: "{PROMPT}"  builtin:tiny  64px')
     shown = json.loads(run("profiles", "show", "ball", "--json").stdout)
     assert shown["metadata"]["training"]["lora_steps"] == 4
-    lora = {"rank": 4, "alpha": 4.0, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    defaults = TrainConfig()
+    lora = {"rank": defaults.rank, "alpha": defaults.lora_alpha, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
     assert shown["metadata"]["lora"] == lora
     assert "base_fingerprint: " in run("profiles", "show", "ball").stdout
 

@@ -50,7 +50,7 @@ def test_kohya_file_names_and_alphas(trained, tmp_path):
     state = load_file(path)
     downs = [k for k in state if k.endswith(".lora_down.weight")]
     assert downs and all(k.startswith("lora_unet_") for k in state)
-    assert all(state[k.replace(".lora_down.weight", ".alpha")].item() == 4.0 for k in downs)
+    assert all(state[k.replace(".lora_down.weight", ".alpha")].item() == trained.lora_alpha for k in downs)
     assert len(state) == 3 * len(downs)
 
 

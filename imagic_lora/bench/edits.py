@@ -32,7 +32,7 @@ SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "classic imagic", "sded
 
 @dataclass
 class BenchConfig:
-    """What the benchmark runs; the default 10 cases take about 18 minutes on a 2-core CPU (108 s a case)."""
+    """What the benchmark runs; the default 10 cases take about 15 minutes on a 2-core CPU (88 s a case)."""
 
     cases: int = 10
     seed: int = 0
