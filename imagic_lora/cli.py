@@ -353,7 +353,8 @@ def bench_schedules(cases, seed, out) -> None:
 
 
 @bench.command(name="train")
-@click.option("--family", default="sd15", show_default=True, help="Architecture, built from shipped configs.")
+@click.option("--family", type=click.Choice(["sd15"]), default="sd15", show_default=True,  # = architectures.FAMILIES
+              help="Architecture, built from shipped configs.")
 @click.option("--resolution", type=int, default=None, help="Image size in pixels [default: the family's, 512].")
 @click.option("--steps", type=int, default=3, show_default=True, help="Timed training steps per stage.")
 @click.option("--apply-steps", type=int, default=10, show_default=True, help="Sampling steps timed in apply.")
