@@ -5,6 +5,7 @@ Every method sees the same cases, seeds and sampler; scores come from the pixel 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -75,6 +76,29 @@ def _img2img_rows(base, case, config) -> tuple[list[dict], Image.Image]:
     return rows, shown
 
 
+def train_imagic_lora(base: BaseModel, latents, embedding, train: TrainConfig, seed: int):
+    """Both imagic-lora stages with step noise from ``seed``: ``(e_opt, lora, seconds)``."""
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    e_opt, _ = optimize_embedding(base, latents, embedding, train, generator, progress=False)
+    lora, _ = finetune_lora(base, latents, e_opt, train, generator, progress=False)
+    return e_opt, lora, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def classic_imagic(base: BaseModel, latents, embedding, config: BenchConfig, seed: int):
+    """Classic Imagic on ``base``'s UNet, yielding ``(e_opt, seconds)``; the UNet's weights are put back after."""
+    original = copy.deepcopy(base.pipe.unet.state_dict())
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        e_opt, _ = optimize_embedding(base, latents, embedding, CLASSIC_TRAIN, generator, progress=False)
+        finetune_full(base, latents, e_opt, config.classic_steps, config.classic_lr, generator, progress=False)
+        yield e_opt, time.perf_counter() - start
+    finally:
+        base.pipe.unet.load_state_dict(original)
+
+
 def run_case(base: BaseModel, case: Case, config: BenchConfig) -> tuple[list[dict], list[Image.Image]]:
     """Every method on one case: score rows, and the images for the contact sheet."""
     # 1. encode once; both Imagic variants start from the same image, prompt and seed
@@ -82,23 +106,13 @@ def run_case(base: BaseModel, case: Case, config: BenchConfig) -> tuple[list[dic
     embedding = encode_prompt(base, case.source_prompt)
 
     # 2. imagic-lora
-    generator = torch.Generator().manual_seed(case.index)
-    start = time.perf_counter()
-    e_opt, _ = optimize_embedding(base, latents, embedding, config.train, generator, progress=False)
-    lora, _ = finetune_lora(base, latents, e_opt, config.train, generator, progress=False)
-    seconds = time.perf_counter() - start
+    e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config.train, case.index)
     with fused_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha):
         ours, ours_shown = imagic_rows("imagic-lora", base, e_opt, case, config, seconds)
 
     # 3. classic Imagic: its own stage 1, full UNet fine-tuning, then the weights are put back
-    original = copy.deepcopy(base.pipe.unet.state_dict())
-    generator = torch.Generator().manual_seed(case.index)
-    start = time.perf_counter()
-    e_opt, _ = optimize_embedding(base, latents, embedding, CLASSIC_TRAIN, generator, progress=False)
-    finetune_full(base, latents, e_opt, config.classic_steps, config.classic_lr, generator, progress=False)
-    seconds = time.perf_counter() - start
-    classic, classic_shown = imagic_rows("classic-imagic", base, e_opt, case, config, seconds)
-    base.pipe.unet.load_state_dict(original)
+    with classic_imagic(base, latents, embedding, config, case.index) as (e_opt, seconds):
+        classic, classic_shown = imagic_rows("classic-imagic", base, e_opt, case, config, seconds)
 
     # 4. SDEdit and plain text-to-image from the edit prompt
     sdedit, sdedit_shown = _img2img_rows(base, case, config)

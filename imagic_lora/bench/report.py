@@ -16,11 +16,12 @@ def variant(row: dict) -> str:
     return row["method"]
 
 
-def _rate(rows: list[dict], key: str) -> float:
+def rate(rows: list[dict], key: str) -> float:
+    """Percent of ``rows`` whose ``key`` is true."""
     return 100.0 * sum(bool(r[key]) for r in rows) / len(rows) if rows else math.nan
 
 
-def _mean(values: list[float]) -> float:
+def capped_mean(values: list[float]) -> float:
     finite = [min(v, 60.0) for v in values]  # identical images have infinite PSNR; cap at 60 dB
     return sum(finite) / len(finite) if finite else math.nan
 
@@ -33,12 +34,12 @@ def summarize(rows: list[dict], default_alpha: float) -> dict:
     methods = {
         name: {
             "cases": len(group),
-            "edit_success": _rate(group, "edit_success"),
-            "preserved": _rate(group, "preserved"),
-            "success": _rate(group, "success"),
-            "psnr": _mean([r["psnr"] for r in group]),
-            "train_seconds": _mean([r["train_seconds"] for r in group]),
-            "by_edit": {edit: _rate([r for r in group if r["edit"] == edit], "success") for edit in EDIT_TYPES},
+            "edit_success": rate(group, "edit_success"),
+            "preserved": rate(group, "preserved"),
+            "success": rate(group, "success"),
+            "psnr": capped_mean([r["psnr"] for r in group]),
+            "train_seconds": capped_mean([r["train_seconds"] for r in group]),
+            "by_edit": {edit: rate([r for r in group if r["edit"] == edit], "success") for edit in EDIT_TYPES},
         }
         for name, group in groups.items()
     }

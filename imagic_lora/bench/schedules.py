@@ -6,22 +6,21 @@ scored along α by the pixel analyzer, as in the edit benchmark.
 
 from __future__ import annotations
 
-import copy
-import time
 from collections import defaultdict
 from dataclasses import asdict
+from statistics import fmean
 
-import torch
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..images import to_tensor
 from ..lora import fused_lora
-from ..method import encode_image, encode_prompt, finetune_full, finetune_lora, optimize_embedding
-from ..models import BaseModel, load_model
+from ..method import encode_image, encode_prompt
+from ..models import load_model
 from ..shapes.model import SHAPES_MODEL
 from .cases import make_cases
-from .edits import CLASSIC_TRAIN, BenchConfig, imagic_rows
+from .edits import BenchConfig, classic_imagic, imagic_rows, train_imagic_lora
+from .report import capped_mean, rate
 
 CLASSIC = "classic 500+1000"
 SCHEDULES = {
@@ -35,22 +34,6 @@ SCHEDULES = {
 }
 
 
-def _train(base: BaseModel, latents, embedding, config: TrainConfig, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    e_opt, _ = optimize_embedding(base, latents, embedding, config, generator, progress=False)
-    lora, _ = finetune_lora(base, latents, e_opt, config, generator, progress=False)
-    return e_opt, lora, time.perf_counter() - start
-
-
-def _classic(base: BaseModel, latents, embedding, bench: BenchConfig, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    e_opt, _ = optimize_embedding(base, latents, embedding, CLASSIC_TRAIN, generator, progress=False)
-    finetune_full(base, latents, e_opt, bench.classic_steps, bench.classic_lr, generator, progress=False)
-    return e_opt, time.perf_counter() - start
-
-
 def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | None = None,
           progress: bool = True) -> list[dict]:
     """Score rows for every schedule, the classic recipe, every α and case."""
@@ -62,13 +45,11 @@ def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | No
         latents = encode_image(base, to_tensor(case.input_image()))
         embedding = encode_prompt(base, case.source_prompt)
         for name, config in schedules.items():
-            e_opt, lora, seconds = _train(base, latents, embedding, config, case.index)
+            e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config, case.index)
             with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
                 rows += [row | {"schedule": name} for row in imagic_rows(name, base, e_opt, case, bench, seconds)[0]]
-        original = copy.deepcopy(base.pipe.unet.state_dict())
-        e_opt, seconds = _classic(base, latents, embedding, bench, case.index)
-        rows += [row | {"schedule": CLASSIC} for row in imagic_rows(CLASSIC, base, e_opt, case, bench, seconds)[0]]
-        base.pipe.unet.load_state_dict(original)
+        with classic_imagic(base, latents, embedding, bench, case.index) as (e_opt, seconds):
+            rows += [row | {"schedule": CLASSIC} for row in imagic_rows(CLASSIC, base, e_opt, case, bench, seconds)[0]]
     return rows
 
 
@@ -81,11 +62,10 @@ def summarize_schedules(rows: list[dict]) -> dict:
     for name, by_alpha in groups.items():
         every = [r for group in by_alpha.values() for r in group]
         summary[name] = {
-            "train_seconds": sum(r["train_seconds"] for r in every) / len(every),
+            "train_seconds": fmean(r["train_seconds"] for r in every),
             "alphas": {
-                alpha: {key: 100.0 * sum(bool(r[key]) for r in group) / len(group)
-                        for key in ("success", "edit_success", "preserved")}
-                | {"psnr": sum(min(r["psnr"], 60.0) for r in group) / len(group)}
+                alpha: {key: rate(group, key) for key in ("success", "edit_success", "preserved")}
+                | {"psnr": capped_mean([r["psnr"] for r in group])}
                 for alpha, group in sorted(by_alpha.items())
             },
         }
