@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from statistics import fmean
 
 from .cases import EDIT_TYPES
 
@@ -38,7 +39,7 @@ def summarize(rows: list[dict], default_alpha: float) -> dict:
             "preserved": rate(group, "preserved"),
             "success": rate(group, "success"),
             "psnr": capped_mean([r["psnr"] for r in group]),
-            "train_seconds": capped_mean([r["train_seconds"] for r in group]),
+            "train_seconds": fmean(r["train_seconds"] for r in group),
             "by_edit": {edit: rate([r for r in group if r["edit"] == edit], "success") for edit in EDIT_TYPES},
         }
         for name, group in groups.items()
