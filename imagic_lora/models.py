@@ -103,14 +103,18 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     model_id = model or default_model()
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(torch_device, dtype)
-    pipe = _load_pipeline(model_id, torch_dtype)
+    return prepare(model_id, _load_pipeline(model_id, torch_dtype), torch_device, torch_dtype)
+
+
+def prepare(model_id: str, pipe: StableDiffusionPipeline, device: torch.device, dtype: torch.dtype) -> BaseModel:
+    """A loaded pipeline (weights already in ``dtype``) frozen, in eval mode, with DDIM, on ``device``."""
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
-    pipe.to(torch_device)
-    return BaseModel(model_id, pipe, torch_device, torch_dtype)
+    pipe.to(device)
+    return BaseModel(model_id, pipe, device, dtype)
 
 
 def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPipeline:

@@ -23,7 +23,7 @@ import torch
 from ..config import ApplyConfig, TrainConfig
 from ..lora import fused_lora
 from ..method import encode_prompt, encoders_offloaded, finetune_full, finetune_lora, generate, optimize_embedding
-from ..models import BaseModel, choose_device, choose_dtype
+from ..models import BaseModel, choose_device, choose_dtype, prepare
 from .architectures import random_pipeline
 from .memory import TensorPeak, module_tensors, peak_rss_bytes, reset_peak_rss
 
@@ -80,13 +80,7 @@ def _load(config: TrainBenchConfig, recipe: str) -> BaseModel:
     device = choose_device(config.device)
     half = choose_dtype(device) if device.type == "cuda" else torch.bfloat16
     dtype = torch.float32 if recipe == CLASSIC else half
-    pipe = random_pipeline(config.family)
-    pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-    pipe.to(device, dtype)
-    return BaseModel(f"random {config.family}", pipe, device, dtype)
+    return prepare(f"random {config.family}", random_pipeline(config.family).to(dtype=dtype), device, dtype)
 
 
 def _log(message: str) -> None:
