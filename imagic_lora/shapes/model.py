@@ -47,8 +47,12 @@ def build_components(scaling_factor: float = 1.0) -> dict:
         num_attention_heads=4, max_position_embeddings=CONTEXT, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
+    # SD's betas rescaled to zero terminal SNR, with v-prediction (Lin et al. 2023): the last noise level
+    # holds no trace of the image, so the layout must come from the prompt, and v's loss weights the
+    # high-noise steps where layout is decided.
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, steps_offset=1)
+                              clip_sample=False, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                              timestep_spacing="trailing", steps_offset=1)
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
