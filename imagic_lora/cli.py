@@ -317,16 +317,18 @@ def bench_sanity(prompts, out) -> None:
 @click.option("--cases", type=int, default=None, help="Cases [default: 10, about 15 min; 120 with --full].")
 @click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 3 hours on 2 CPU cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=7.5, show_default=True,
+              help="Classifier-free guidance scale of every method's sampling.")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors
-def bench_edits(cases, full, seed, out) -> None:
+def bench_edits(cases, full, seed, guidance, out) -> None:
     """Edit quality: imagic-lora vs SDEdit, text-to-image and classic Imagic on shapes cases."""
     from pathlib import Path
 
     from .bench.edits import BenchConfig, run
     from .bench.report import tables
 
-    config = BenchConfig(cases=cases or (120 if full else BenchConfig.cases), seed=seed)
+    config = BenchConfig(cases=cases or (120 if full else BenchConfig.cases), seed=seed, guidance=guidance)
     summary = run(config, Path(out))
     click.echo(tables(summary))
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")

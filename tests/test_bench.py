@@ -1,5 +1,8 @@
 """The edit benchmark's cases, scoring and tables (the model runs are in test_shapes_model.py)."""
 
+from helpers import run
+
+from imagic_lora.bench import edits
 from imagic_lora.bench.cases import EDIT_TYPES, make_cases, score
 from imagic_lora.bench.report import summarize, tables
 from imagic_lora.shapes.world import ATTRIBUTES
@@ -42,3 +45,13 @@ def test_tables_report_every_method_and_alpha():
     assert "| imagic-lora α=0.7 | 100 % | 100 % | 100 % | 60.0 | 2.0 |" in text
     assert "| classic-imagic α=0.7 | 0 % | 100 % | 0 % |" in text
     assert "| 0.6 | 100 / 100 / 100 % | 0 / 100 / 0 % |" in text
+
+
+def test_bench_edits_passes_its_guidance_to_every_method_and_refuses_a_negative_one(monkeypatch, tmp_path):
+    configs = []
+    monkeypatch.setattr(edits, "run", lambda config, out: configs.append(config) or {})
+    monkeypatch.setattr("imagic_lora.bench.report.tables", lambda summary: "table")
+    assert run("bench", "edits", "--cases", 2, "--guidance", 3, "--out", tmp_path).exit_code == 0
+    assert (configs[0].cases, configs[0].guidance) == (2, 3.0)
+    refused = run("bench", "edits", "--guidance", -1, "--out", tmp_path)
+    assert refused.exit_code == 2 and "--guidance" in refused.output and len(configs) == 1
