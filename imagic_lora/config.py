@@ -24,9 +24,10 @@ def _positive_finite(value: float) -> bool:
 class TrainConfig:
     """Settings of the three Imagic training stages (paper section 3, steps A and B).
 
-    Defaults: the cheapest schedule that edited as well as classic Imagic (500 + 1000 full-UNet
-    steps) on the shapes edit cases, in 0.09x its time (README, Performance): 50 Adam steps at 2e-2
-    for the embedding, 100 AdamW steps at 2e-3 for a rank-8 LoRA.
+    Defaults: the cheapest schedule of the shapes benchmark, 0.09x the training time of classic Imagic
+    (500 + 1000 full-UNet steps): 50 Adam steps at 2e-2 for the embedding, 100 AdamW steps at 2e-3 for a
+    rank-8 LoRA. On the shipped shapes model it edits less readily than classic Imagic and preserves
+    more (README, Performance).
     """
 
     embedding_steps: int = 50

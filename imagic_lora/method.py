@@ -54,19 +54,23 @@ def encode_image(base: BaseModel, pixels: torch.Tensor) -> torch.Tensor:
     return latents.float() * vae.config.scaling_factor
 
 
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict at ``timesteps``: ε or v, as ``scheduler.config.prediction_type`` says."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise InvalidConfig(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
+
+
 def diffusion_loss(
     base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
     """``‖target − f(x_t, t, e)‖²`` with the target ε or v as the scheduler predicts."""
     scheduler = base.pipe.scheduler
-    prediction_type = scheduler.config.prediction_type
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise InvalidConfig(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
+    target = diffusion_target(scheduler, latents, noise, timesteps)
     with _autocast(base):
         prediction = base.pipe.unet(noisy, timesteps, encoder_hidden_states=embedding).sample
     return F.mse_loss(prediction.float(), target.float())

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from imagic_lora.method import diffusion_target
 from imagic_lora.shapes.model import build_components, save_weights
 from imagic_lora.shapes.world import caption, random_details, random_scene, render
 
@@ -74,7 +75,7 @@ def train_unet(components, latents, captions, steps: int, batch: int, log, check
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         prediction = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens).last_hidden_state).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(x0, noise, t))  # a v-prediction model
+        loss = F.mse_loss(prediction, diffusion_target(scheduler, x0, noise, t))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -47,7 +47,7 @@ def test_tables_report_every_method_and_alpha():
     assert "| 0.6 | 100 / 100 / 100 % | 0 / 100 / 0 % |" in text
 
 
-def test_bench_edits_passes_its_guidance_to_every_method_and_refuses_a_negative_one(monkeypatch, tmp_path):
+def test_bench_edits_passes_its_guidance_to_the_benchmark_and_refuses_a_negative_one(monkeypatch, tmp_path):
     configs = []
     monkeypatch.setattr(edits, "run", lambda config, out: configs.append(config) or {})
     monkeypatch.setattr("imagic_lora.bench.report.tables", lambda summary: "table")
