@@ -13,6 +13,7 @@ import click
 
 from .config import FITS, OPTIMIZERS, ApplyConfig, TrainConfig
 from .errors import ImagicError
+from .families import FAMILIES
 from .store import ProfileStore, read_profile_file
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -355,9 +356,10 @@ def bench_schedules(cases, seed, out) -> None:
 
 
 @bench.command(name="train")
-@click.option("--family", type=click.Choice(["sd15"]), default="sd15", show_default=True,  # = architectures.FAMILIES
+@click.option("--family", type=click.Choice(list(FAMILIES)), default="sd15", show_default=True,
               help="Architecture, built from shipped configs.")
-@click.option("--resolution", type=int, default=None, help="Image size in pixels [default: the family's, 512].")
+@click.option("--resolution", type=int, default=None,
+              help="Image size in pixels [default: the family's: 512 for sd15, 768 for sd21].")
 @click.option("--steps", type=int, default=3, show_default=True, help="Timed training steps per stage.")
 @click.option("--apply-steps", type=int, default=10, show_default=True, help="Sampling steps timed in apply.")
 @click.option("--apply-images", type=int, default=2, show_default=True, help="Images per sampling batch.")

@@ -13,6 +13,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors import SafetensorError, safe_open
 
 from .errors import InvalidConfig, ModelLoadError
+from .families import V_PREDICTION_MARKER, config_folder, identify_checkpoint, supported
 from .shapes.model import SHAPES_MODEL, shapes_pipeline
 from .tiny import TINY_MODEL, tiny_pipeline
 
@@ -21,7 +22,6 @@ BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, SHAPES_MODEL: shapes_pipeline}
 MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
-SD_UNET_PREFIX = "model.diffusion_model."
 
 
 def default_model() -> str:
@@ -72,7 +72,7 @@ class BaseModel:
         values = []
         for _, param in _named_weights(self.pipe):
             flat = param.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR).long().to(flat.device)
+            index = torch.tensor(sample_indices(flat.numel()), device=flat.device)
             values.append(flat[index].float().cpu())
         return torch.cat(values)
 
@@ -87,6 +87,15 @@ class BaseModel:
         """``<architecture hash>-<weights hash>``; the weights hash rounds samples to fp16."""
         sample = self.weight_sample().half().numpy().tobytes()
         return f"{self.architecture_hash()}-{hashlib.sha256(sample).hexdigest()[:16]}"
+
+
+def sample_indices(numel: int, count: int = SAMPLES_PER_TENSOR) -> list[int]:
+    """``count`` evenly spaced indices from 0 to ``numel - 1``, in exact integer arithmetic.
+
+    Equal to the float32 ``linspace`` the first fingerprints used wherever that one was exact
+    (tensors of fewer than 2^22 values), so their fingerprints keep their value.
+    """
+    return [i * (numel - 1) // (count - 1) for i in range(count)]
 
 
 def _named_weights(pipe: StableDiffusionPipeline):
@@ -123,9 +132,8 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
         return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
     path = Path(model_id).expanduser()
     if path.is_file():
-        what, hint = f"the checkpoint {str(path)!r}", (
-            "a diffusers folder instead, or load this file once with network access so its configs are cached"
-        )
+        what = f"the checkpoint {str(path)!r}"
+        hint = f"a single-file checkpoint of {supported()}, or a diffusers folder"
         loader = functools.partial(_load_single_file, path, torch_dtype)
     elif path.is_dir() and not (path / "model_index.json").is_file():
         raise ModelLoadError(
@@ -150,7 +158,7 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
             StableDiffusionPipeline.from_pretrained, model_id, dtype=torch_dtype, safety_checker=None
         )
     try:
-        return loader()
+        pipe = loader()
     except ModelLoadError:
         raise
     except Exception as ex:  # diffusers and the hub raise many kinds; the user needs one line
@@ -158,6 +166,8 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
             f"could not load {what}: {_first_sentence(ex)}. "
             f"Try: {hint}; or --model {TINY_MODEL} to try the tool offline"
         ) from None
+    check_tokenizer(pipe, what)
+    return pipe
 
 
 def _first_sentence(ex: Exception) -> str:
@@ -166,6 +176,7 @@ def _first_sentence(ex: Exception) -> str:
 
 
 def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
+    """An original-format SD 1.x/2.x checkpoint, with the shipped config folder of its family: no hub access."""
     if path.suffix != ".safetensors":
         raise ModelLoadError(
             f"{path} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
@@ -173,12 +184,24 @@ def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPi
         )
     try:
         with safe_open(str(path), framework="pt") as checkpoint:
-            is_sd = any(key.startswith(SD_UNET_PREFIX) for key in checkpoint.keys())  # noqa: SIM118
+            shapes = {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as ex:
         raise ModelLoadError(f"{path} is not a readable .safetensors file: {_first_sentence(ex)}") from None
-    if not is_sd:
-        raise ModelLoadError(
-            f"{path} is not a Stable Diffusion checkpoint (no '{SD_UNET_PREFIX}*' weights). "
-            "Try: a single-file SD 1.x/2.x checkpoint or a diffusers folder"
+    family = identify_checkpoint(shapes, str(path))
+    with config_folder(family.name) as folder:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=str(folder), local_files_only=True, dtype=torch_dtype, safety_checker=None,
         )
-    return StableDiffusionPipeline.from_single_file(str(path), dtype=torch_dtype, safety_checker=None)
+    if V_PREDICTION_MARKER in shapes and family.prediction_type != "v_prediction":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    return pipe
+
+
+def check_tokenizer(pipe: StableDiffusionPipeline, what: str) -> None:
+    """Refuse a tokenizer that does not fit the text encoder (an incomplete folder loads a 2-token one silently)."""
+    tokens, expected = len(pipe.tokenizer), pipe.text_encoder.config.vocab_size
+    if tokens != expected:
+        raise ModelLoadError(
+            f"{what} has a tokenizer of {tokens} tokens for a text encoder of {expected}: its tokenizer files "
+            "are missing or wrong. Try: a complete diffusers folder (tokenizer/vocab.json and merges.txt)"
+        )
