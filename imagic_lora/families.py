@@ -36,8 +36,8 @@ class Family:
 
 
 FAMILIES = {
-    "sd15": Family("sd15", "Stable Diffusion 1.x (CLIP ViT-L, 768-d)", 768, CLIP_TEXT, "epsilon", 512),
-    "sd21": Family("sd21", "Stable Diffusion 2.x (OpenCLIP ViT-H, 1024-d)", 1024, OPEN_CLIP_TEXT, "v_prediction", 768),
+    "sd15": Family("sd15", "SD 1.x (CLIP ViT-L, 768-d)", 768, CLIP_TEXT, "epsilon", 512),
+    "sd21": Family("sd21", "SD 2.x (OpenCLIP ViT-H, 1024-d)", 1024, OPEN_CLIP_TEXT, "v_prediction", 768),
 }
 
 
@@ -49,7 +49,7 @@ def config_folder(family: str) -> Iterator[Path]:
 
 
 def supported() -> str:
-    return "; ".join(family.label for family in FAMILIES.values())
+    return " or ".join(family.label for family in FAMILIES.values())
 
 
 def identify_checkpoint(shapes: Mapping[str, tuple[int, ...]], source: str) -> Family:

@@ -46,6 +46,9 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
     empty_dir.mkdir()
     bogus = tmp_path / "bogus.safetensors"
     save_file({"x": torch.zeros(2)}, bogus)
+    sdxl_like = tmp_path / "xl.safetensors"
+    save_file({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(8, 2048),
+               "conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, sdxl_like)
     fake = tmp_path / "fake.safetensors"
     fake.write_bytes(b"\xff" * 64)
     cases = [
@@ -81,7 +84,12 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
          "Try: a folder written by save_pretrained or downloaded from the hub"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", bogus],
          f"Error: {bogus} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights). "
-         "Try: a single-file SD 1.x/2.x checkpoint or a diffusers folder"),
+         "Try: a single-file checkpoint of SD 1.x (CLIP ViT-L, 768-d) or SD 2.x (OpenCLIP ViT-H, 1024-d), "
+         "or a diffusers folder"),
+        (["train", "new", image_path, "--prompt", PROMPT, "--model", sdxl_like],
+         f"Error: {sdxl_like} is a checkpoint imagic-lora cannot identify (1 UNet weights, cross-attention width "
+         "2048, text encoder: none). Supported: SD 1.x (CLIP ViT-L, 768-d) or SD 2.x (OpenCLIP ViT-H, 1024-d). "
+         "Try: a diffusers folder of the model"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", fake],
          f"Error: {fake} is not a readable .safetensors file: Error while deserializing header: "
          "header too large"),

@@ -1,0 +1,143 @@
+"""Every path that touches weights, at the real sizes: SD 1.5 and SD 2.1 built from their published configs.
+
+Random weights (fixed seed), saved once per test session as fp16 diffusers folders and as
+original-format single files; every command runs in bf16 at 64 px with 1 + 1 training steps.
+"""
+
+import numpy as np
+import pytest
+import torch
+from helpers import pixels, run
+from ldm_checkpoint import write_single_file
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+
+from imagic_lora import ProfileStore, load_model
+from imagic_lora.api import check_compatible
+from imagic_lora.bench.architectures import random_pipeline
+from imagic_lora.lora import fused_lora
+from imagic_lora.models import sample_indices
+
+FAMILIES = {"sd15": (768, "epsilon"), "sd21": (1024, "v_prediction")}
+FAST = ["--resolution", "64", "--embedding-steps", "1", "--lora-steps", "1", "--dtype", "bf16"]
+APPLY = ["--steps", "2", "--dtype", "bf16"]
+
+
+@pytest.fixture(scope="session", params=list(FAMILIES))
+def real_model(request, tmp_path_factory):
+    """``(family, diffusers folder, single .safetensors file)`` with the same random weights."""
+    family = request.param
+    folder = tmp_path_factory.mktemp(family)
+    pipe = random_pipeline(family).to(dtype=torch.float16)
+    pipe.save_pretrained(folder / "diffusers", safe_serialization=True)
+    single = write_single_file(pipe, folder / f"{family}-original.safetensors")
+    del pipe
+    return family, folder / "diffusers", single
+
+
+def _train(model, image_path, name="real"):
+    result = run("train", name, image_path, "--prompt", "a photo of a dog", "--model", model, *FAST)
+    assert result.exit_code == 0, result.output
+    return ProfileStore().get(name)
+
+
+def test_sample_indices_are_exact_and_in_bounds_at_every_size():
+    for numel in (1, 2, 5, 1000, 2**24 + 1, 29_491_200, 37_945_344):
+        indices = sample_indices(numel)
+        assert indices[0] == 0 and indices[-1] == numel - 1
+        assert indices == sorted(indices)
+
+
+def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_path):
+    """train, list, show, apply, export, import, apply file and both adapter exports, through the CLI."""
+    family, folder, _ = real_model
+    width, prediction = FAMILIES[family]
+    profile = _train(folder, image_path)
+    assert profile.e_opt.shape == (1, 77, width)
+    assert profile.metadata["resolution"] == 64
+
+    listed = run("profiles", "list")
+    assert listed.exit_code == 0 and listed.output.startswith("real: \"a photo of a dog\"")
+    shown = run("profiles", "show", "real")
+    assert f"base_fingerprint: {profile.metadata['base_fingerprint']}" in shown.output
+
+    stored = run("apply", "profile", "real", "a photo of a cat", *APPLY, "--out", tmp_path / "stored")
+    assert stored.exit_code == 0, stored.output
+    [image] = [line for line in stored.stdout.split() if line.endswith(".png")]
+    assert pixels(image).shape == (64, 64, 3)
+
+    shared = tmp_path / "real.imagic.safetensors"
+    assert run("profiles", "export", "real", shared).exit_code == 0
+    assert run("profiles", "import", shared, "--name", "copy").exit_code == 0
+    assert ProfileStore().get_bytes("copy") != b"" and ProfileStore().get("copy").e_opt.equal(profile.e_opt)
+    from_file = run("apply", "file", shared, "a photo of a cat", *APPLY, "--out", tmp_path / "file")
+    assert from_file.exit_code == 0, from_file.output
+    [image_from_file] = [line for line in from_file.stdout.split() if line.endswith(".png")]
+    assert np.array_equal(pixels(image), pixels(image_from_file)), "store and shared file give the same pixels"
+
+    for lora_format in ("diffusers", "kohya"):
+        exported = run("profiles", "export", "real", tmp_path / f"{lora_format}.safetensors", "--format", lora_format)
+        assert exported.exit_code == 0, exported.output
+    _check_in_diffusers(folder, profile, tmp_path, prediction)
+
+
+def _check_in_diffusers(folder, profile, tmp_path, prediction):
+    """Compatibility check, fuse and restore, and diffusers' own load_lora_weights, at real tensor sizes."""
+    base = load_model(str(folder), dtype="bf16")
+    assert base.pipe.scheduler.config.prediction_type == prediction
+    assert check_compatible(profile, base) is None
+    unet = base.pipe.unet
+    before = {name: value.clone() for name, value in unet.state_dict().items()}
+    with fused_lora(unet, profile.lora, profile.rank, profile.lora_alpha):
+        changed = [name for name, value in unet.state_dict().items() if not torch.equal(value, before[name])]
+    assert len(changed) == len(profile.lora) // 2, "the adapter's update lands in every target layer"
+    assert all(torch.equal(value, before[name]) for name, value in unet.state_dict().items()), "restored exactly"
+
+    ours = _deltas_from_profile(profile)
+    for lora_format in ("diffusers", "kohya"):
+        base.pipe.load_lora_weights(str(tmp_path / f"{lora_format}.safetensors"), adapter_name=lora_format)
+        theirs = _deltas_from_peft(unet, lora_format)
+        assert theirs.keys() == ours.keys()
+        for path, delta in ours.items():
+            assert delta.norm() > 0
+            assert (theirs[path] - delta).norm() <= 1e-2 * delta.norm(), (lora_format, path)
+
+
+def _deltas_from_profile(profile):
+    deltas = {}
+    for key, down in profile.lora.items():
+        if key.endswith(".lora.down.weight"):
+            up = profile.lora[key.replace(".lora.down.", ".lora.up.")]
+            path = key.removeprefix("unet.").removesuffix(".lora.down.weight")
+            deltas[path] = profile.lora_alpha / profile.rank * (up.float() @ down.float())
+    return deltas
+
+
+def _deltas_from_peft(unet, adapter):
+    deltas = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            down, up = module.lora_A[adapter].weight.float(), module.lora_B[adapter].weight.float()
+            deltas[name] = module.scaling[adapter] * (up @ down)
+    return deltas
+
+
+def test_single_file_checkpoint_trains_and_applies_offline(real_model, image_path, tmp_path, monkeypatch):
+    """An original-format file loads with no hub and an empty cache; its fingerprint is the folder's."""
+    _, folder, single = real_model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    profile = _train(single, image_path)
+    assert profile.metadata["base_fingerprint"] == load_model(str(folder), dtype="bf16").fingerprint()
+    applied = run("apply", "profile", "real", "a photo of a cat", *APPLY, "--out", tmp_path / "out")
+    assert applied.exit_code == 0, applied.output
+    assert applied.stdout.strip().endswith(".png")
+
+
+def test_a_v_prediction_marker_in_the_file_is_followed(real_model, tmp_path):
+    family, _, single = real_model
+    if family != "sd15":
+        pytest.skip("SD 2.x single files are v-prediction already")
+    marked = tmp_path / "marked.safetensors"
+    save_file({**load_file(single), "v_pred": torch.tensor([])}, marked)
+    assert load_model(str(marked), dtype="bf16").pipe.scheduler.config.prediction_type == "v_prediction"
