@@ -13,7 +13,7 @@ _EXPORTS = {
     "ImagicError": "errors", "IncompatibleProfile": "errors", "InvalidConfig": "errors",
     "InvalidImage": "errors", "InvalidProfileFile": "errors", "InvalidProfileName": "errors",
     "ModelLoadError": "errors", "ProfileExists": "errors", "ProfileNotFound": "errors",
-    "TrainingDiverged": "errors",
+    "ProfileNotSaved": "errors", "TrainingDiverged": "errors",
     "BaseModel": "models", "load_model": "models",
     "Profile": "profile",
     "ProfileStore": "store", "read_profile_file": "store",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,13 +13,13 @@ from PIL import Image
 
 from . import __version__
 from .config import ApplyConfig, TrainConfig
-from .errors import IncompatibleProfile, InvalidConfig
+from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
 from .lora import TARGET_MODULES, fused_lora
 from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
 from .models import BaseModel, load_model
 from .profile import Profile, check_name
-from .store import ProfileStore
+from .store import ProfileStore, user_dir
 
 SAMPLE_RTOL = 2e-2
 SAMPLE_ATOL = 1e-3
@@ -44,13 +45,15 @@ def train(
         store.ensure_free(name)
     warn = warn or (lambda message: None)
     picture = load_image(image, warn)
+    image_sha256 = file_sha256(image)
     base = model if isinstance(model, BaseModel) else load_model(model, device, dtype)
     resolution = config.resolution or base.native_resolution
     fitted = fit_image(picture, resolution, config.fit, warn)
 
-    # 2. encode the image and the prompt once
+    # 2. encode the image and the prompt once; sample the base weights before any training
     latents = encode_image(base, to_tensor(fitted))
     source_embedding = encode_prompt(base, prompt)
+    base_sample, fingerprint = base.weight_sample(), base.fingerprint()
 
     # 3. the two Imagic stages, with the encoders off the accelerator
     generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -58,22 +61,44 @@ def train(
         e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
 
-    # 4. build and store the profile
+    # 4. build and store the profile; if the store fails, keep the training in a file
+    metadata = _metadata(base, prompt, config, resolution, image_sha256, stage1.final_loss, stage2.final_loss)
+    metadata["base_fingerprint"] = fingerprint
     profile = Profile(
         name=name, e_opt=e_opt.cpu(), source_embedding=source_embedding.cpu(), lora=lora,
-        thumbnail=thumbnail(fitted), base_sample=base.weight_sample(),
-        metadata=_metadata(base, prompt, config, resolution, image, stage1.final_loss, stage2.final_loss),
+        thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
     )
-    store.save(profile, replace=replace)
+    try:
+        store.save(profile, replace=replace)
+    except Exception as ex:  # a full disk, a locked or read-only store, a name taken meanwhile
+        raise _rescued(profile, ex) from ex
     return profile
 
 
-def _metadata(base, prompt, config, resolution, image, loss1, loss2) -> dict:
+def _rescued(profile: Profile, ex: Exception) -> Exception:
+    """Write ``profile`` to a file after the store refused it; the error to raise says where it is."""
+    reason = str(ex) if isinstance(ex, ImagicError) else f"{type(ex).__name__}: {ex}"
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = profile.to_bytes()
+    for folder in (user_dir() / "rescued", Path.cwd(), Path(tempfile.gettempdir())):
+        path = folder / f"{profile.name}-{stamp}.imagic.safetensors"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except OSError:
+            continue
+        return ProfileNotSaved(
+            f"profile {profile.name!r} was trained but not stored ({reason}); it is kept in {path}. "
+            f"Try: imagic-lora profiles import {path}"
+        )
+    return ex
+
+
+def _metadata(base, prompt, config, resolution, image_sha256, loss1, loss2) -> dict:
     return {
         "format_version": 1,
         "source_prompt": prompt,
         "base_model": base.model_id,
-        "base_fingerprint": base.fingerprint(),
         "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": list(TARGET_MODULES)},
         "training": {
             "embedding_steps": config.embedding_steps, "embedding_lr": config.embedding_lr,
@@ -83,7 +108,7 @@ def _metadata(base, prompt, config, resolution, image, loss1, loss2) -> dict:
         },
         "losses": {"embedding": loss1, "lora": loss2},
         "resolution": resolution,
-        "image_sha256": file_sha256(image),
+        "image_sha256": image_sha256,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "library_version": __version__,
     }

@@ -12,6 +12,7 @@ from dataclasses import fields
 import click
 
 from .config import FITS, OPTIMIZERS, ApplyConfig, TrainConfig
+from .crash import crash_message
 from .errors import ImagicError
 from .families import FAMILIES
 from .store import ProfileStore, read_profile_file
@@ -35,7 +36,10 @@ def _quiet_libraries() -> None:
 
 
 def user_errors(func):
-    """Turn the library's typed errors into one ``Error: ...`` line and exit code 1."""
+    """Turn the library's typed errors into one ``Error: ...`` line and exit code 1.
+
+    Anything unexpected also gives one line, pointing to a log file that holds the traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -43,6 +47,10 @@ def user_errors(func):
             return func(*args, **kwargs)
         except ImagicError as ex:
             raise click.ClickException(str(ex)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as ex:  # the last line of defence: no traceback reaches the user
+            raise click.ClickException(crash_message(ex)) from None
 
     return wrapper
 

@@ -39,3 +39,7 @@ class ModelLoadError(ImagicError):
 
 class TrainingDiverged(ImagicError):
     """The loss became NaN or infinite during training."""
+
+
+class ProfileNotSaved(ImagicError):
+    """Training finished but the store could not take the profile; it was written to a file instead."""
