@@ -364,8 +364,8 @@ def bench_schedules(cases, seed, out) -> None:
 
 
 @bench.command(name="train")
-@click.option("--family", type=click.Choice(list(FAMILIES)), default="sd15", show_default=True,
-              help="Architecture, built from shipped configs.")
+@click.option("--family", type=click.Choice([*FAMILIES, "tiny"]), default="sd15", show_default=True,
+              help="Architecture, built from shipped configs (tiny: the built-in test model, for dry runs).")
 @click.option("--resolution", type=int, default=None,
               help="Image size in pixels [default: the family's: 512 for sd15, 768 for sd21].")
 @click.option("--steps", type=int, default=3, show_default=True, help="Timed training steps per stage.")

@@ -12,15 +12,22 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..errors import InvalidConfig
 from ..families import FAMILIES, config_folder
+from ..tiny import tiny_pipeline
+
+DRY_RUN_FAMILY = "tiny"  # the built-in test model, so benchmark scripts can be checked in seconds on a CPU
+BENCH_FAMILIES = (*FAMILIES, DRY_RUN_FAMILY)
 
 
 def random_pipeline(family: str, seed: int = 0, device: str = "cpu") -> StableDiffusionPipeline:
     """``family``'s UNet, VAE and text encoder with fixed-seed random weights, in fp32 on ``device``.
 
-    The tokenizer is the family's real CLIP BPE tokenizer, shipped with the configs.
+    The tokenizer is the family's real CLIP BPE tokenizer, shipped with the configs. ``tiny`` is
+    the built-in test model (``builtin:tiny``), for dry runs.
     """
+    if family == DRY_RUN_FAMILY:
+        return tiny_pipeline()
     if family not in FAMILIES:
-        raise InvalidConfig(f"unknown model family {family!r}. Try: one of {', '.join(FAMILIES)}")
+        raise InvalidConfig(f"unknown model family {family!r}. Try: one of {', '.join(BENCH_FAMILIES)}")
     with config_folder(family) as folder:
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(seed)

@@ -1,0 +1,41 @@
+"""On a CUDA GPU: the half-precision training path, 8-bit AdamW on the device, and apply restoring weights.
+
+Skipped without CUDA; ``scripts/gpu_check.py`` runs these on a lent GPU machine.
+"""
+
+import pytest
+import torch
+from conftest import PROMPT
+from helpers import run
+
+from imagic_lora import ProfileStore, TrainConfig, load_model, train
+from imagic_lora.lora import fused_lora
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_training_on_cuda_in_half_precision_gives_a_finite_adapter_and_restores_weights(image_path, dtype):
+    base = load_model("builtin:tiny", device="cuda", dtype=dtype)
+    before = {k: v.clone() for k, v in base.pipe.unet.state_dict().items()}
+    config = TrainConfig(embedding_steps=5, lora_steps=10, lora_lr=1e-2)
+    profile = train("gpu", image_path, PROMPT, model=base, config=config, store=ProfileStore(), progress=False)
+    assert all(torch.isfinite(v).all() and v.abs().sum() > 0 for k, v in profile.lora.items() if "up" in k)
+    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
+        pass
+    after = base.pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert next(base.pipe.unet.parameters()).device.type == "cuda"
+
+
+def test_sd15_architecture_trains_and_applies_on_cuda_at_512(image_path, tmp_path):
+    from imagic_lora.bench.architectures import random_pipeline
+
+    folder = tmp_path / "sd15"
+    random_pipeline("sd15").to(dtype=torch.float16).save_pretrained(folder, safe_serialization=True)
+    trained = run("train", "real", image_path, "--prompt", PROMPT, "--model", folder, "--device", "cuda",
+                  "--embedding-steps", 2, "--lora-steps", 2)
+    assert trained.exit_code == 0, trained.output
+    applied = run("apply", "profile", "real", "a blue ball", "--steps", 4, "--device", "cuda", "--out", tmp_path)
+    assert applied.exit_code == 0, applied.output
+    assert ProfileStore().get("real").metadata["training"]["device"] == "cuda"

@@ -1,0 +1,22 @@
+"""The GPU check script runs end to end in its CPU dry mode, so it is ready when a GPU is lent."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_dry_run_writes_every_step(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry", "--out", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert results["ok"] and results["dry"]
+    names = [step["name"] for step in results["steps"]]
+    assert names == ["gpu tests", "bench train tiny 64px", "train", "apply"]
+    bench = results["steps"][1]["results"]
+    for recipe in ("imagic-lora", "classic"):
+        assert bench[recipe]["finetune"]["peak_bytes"] > 0
+    assert len(list((tmp_path / "images").glob("*.png"))) == 1
