@@ -258,6 +258,7 @@ def profiles_path() -> None:
 def profiles_export(name, path, lora_only, lora_format) -> None:
     """Write profile NAME to one shareable .safetensors file (or its adapter alone)."""
     store = ProfileStore()
+    store.check_not_store(path)
     if lora_only or lora_format:
         from .interop import export_lora
 

@@ -153,8 +153,16 @@ class ProfileStore:
             self.db.execute(f"delete from {TABLE} where name = ?", [old])
             self.db[TABLE].insert(_row(profile, profile.to_bytes()))
 
+    def check_not_store(self, path: str | Path) -> None:
+        """Refuse ``path`` if it is the live database or one of its journal files (compared as real paths)."""
+        target = Path(path).resolve()
+        live = self.path.resolve()
+        if target in {live, *(live.with_name(live.name + suffix) for suffix in ("-wal", "-shm", "-journal"))}:
+            raise InvalidConfig(f"{path} is the live profile store itself. Try: another file name")
+
     def export(self, name: str, path: str | Path) -> Path:
         """Write the profile's shareable file to ``path``."""
+        self.check_not_store(path)
         data = self.get_bytes(name)
         path = Path(path)
         if path.is_dir():
@@ -188,6 +196,7 @@ class ProfileStore:
     def backup(self, path: str | Path, replace: bool = False) -> Path:
         """A consistent copy of the whole store, taken with SQLite's online backup while it may be in use."""
         target = Path(path)
+        self.check_not_store(target)
         _check_backup_target(target, self.path, replace)
         part = target.with_name(target.name + ".part")
         part.unlink(missing_ok=True)
@@ -208,8 +217,6 @@ class ProfileStore:
 
 
 def _check_backup_target(target: Path, live: Path, replace: bool) -> None:
-    if target.exists() and target.resolve() == live.resolve():
-        raise InvalidConfig(f"{target} is the live store itself. Try: another file name")
     if target.is_dir():
         raise InvalidConfig(f"{target} is a folder. Try: a file name such as profiles-backup.db")
     if target.exists() and not replace:

@@ -253,3 +253,20 @@ def test_profile_for_another_architecture_is_refused_even_when_forced(store_with
                 "architecture. Try: --model builtin:tiny")
     for force in ([], ["--force"]):
         check_refused(["apply", "file", other, "a dog", *force], expected, store_with_ball)
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+@pytest.mark.parametrize("extra", [[], ["--lora-only"], ["--format", "kohya"]])
+def test_exporting_over_the_live_store_is_refused(store_with_ball, isolated_user_dir, suffix, extra):
+    live = ProfileStore().path
+    target = live.with_name(live.name + suffix)
+    before = live.read_bytes()
+    result = run("profiles", "export", "ball", target, *extra)
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: {target} is the live profile store itself. Try: another file name"
+    assert live.read_bytes() == before
+    assert store_snapshot() == store_with_ball
+    linked = isolated_user_dir / "link.db"
+    linked.symlink_to(live)
+    assert run("profiles", "backup", linked, "--replace").exit_code == 1, "a link to the store is the store"
+    linked.unlink()
