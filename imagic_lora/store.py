@@ -147,8 +147,10 @@ class ProfileStore:
             self.db.execute(f"delete from {TABLE} where name = ?", [name])
 
     def rename(self, old: str, new: str) -> None:
-        profile = self.get(old).renamed(new)
+        """Read, check and rewrite under one write lock, so a concurrent import or removal cannot interleave."""
+        check_name(new)
         with self.transaction():
+            profile = self.get(old).renamed(new)
             self.ensure_free(new)
             self.db.execute(f"delete from {TABLE} where name = ?", [old])
             self.db[TABLE].insert(_row(profile, profile.to_bytes()))

@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from conftest import EXAMPLE_PROFILE, PROMPT
 from helpers import run
 from store_worker import IMPORTS, WRITES
 
-from imagic_lora import ProfileStore
+from imagic_lora import Profile, ProfileStore
 
 WORKER = Path(__file__).with_name("store_worker.py")
 KILLS = 12
@@ -115,3 +116,28 @@ def test_backup_is_a_consistent_copy(trained, tmp_path):
     assert result.stderr.strip() == f"Error: {target} already exists. Try: another file name, or --replace"
     assert run("profiles", "backup", target, "--replace").exit_code == 0
     assert run("profiles", "verify").stdout.strip() == "OK: integrity check passed, 1 profile(s) verified"
+
+
+def test_rename_holds_the_write_lock_from_its_read_to_its_write(trained, monkeypatch):
+    """A writer arriving between rename's read and its write must wait, or its profile would be lost."""
+    store = ProfileStore()
+    store.save(trained.renamed("a"))
+    real_renamed = Profile.renamed
+    outcomes = []
+
+    def renamed_with_a_concurrent_writer(self, name):
+        other = sqlite3.connect(store.path, timeout=0.1)
+        try:
+            other.execute("update profiles set source_prompt = 'changed meanwhile' where name = 'a'")
+            other.commit()
+            outcomes.append("written")
+        except sqlite3.OperationalError as ex:
+            outcomes.append(str(ex))
+        finally:
+            other.close()
+        return real_renamed(self, name)
+
+    monkeypatch.setattr(Profile, "renamed", renamed_with_a_concurrent_writer)
+    store.rename("a", "b")
+    assert outcomes == ["database is locked"]
+    assert [row["name"] for row in store.list()] == ["b"]
