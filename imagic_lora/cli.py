@@ -15,7 +15,7 @@ from .config import FITS, OPTIMIZERS, ApplyConfig, TrainConfig
 from .crash import crash_message
 from .errors import ImagicError
 from .families import FAMILIES
-from .store import ProfileStore, read_profile_file
+from .store import ProfileStore, read_profile_file, stored_metadata
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 LORA_FORMATS = ("diffusers", "kohya")  # imagic_lora.interop.LORA_FORMATS, without importing diffusers here
@@ -196,14 +196,23 @@ def profiles_list(as_json) -> None:
     rows = ProfileStore().list()
     if as_json:
         for row in rows:
-            row["metadata"] = json.loads(row["metadata"])
+            try:
+                row["metadata"] = stored_metadata(row)
+            except ImagicError as ex:
+                row["metadata"], row["problem"] = None, str(ex)
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("No profiles yet. Try: imagic-lora train NAME IMAGE --prompt \"a photo of ...\"")
     for row in rows:
-        click.echo(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
-                   f"{row['resolution']}px  {row['size_bytes'] / 1024:.0f} KiB  {row['created_at']}")
+        size = f"{row['size_bytes'] / 1024:.0f} KiB" if isinstance(row["size_bytes"], int) else "? KiB"
+        click.echo(shown(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
+                         f"{row['resolution']}px  {size}  {row['created_at']}"))
+
+
+def shown(text) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, bidi overrides) escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
 
 
 @profiles.command(name="show")
@@ -219,7 +228,7 @@ def profiles_show(name, as_json) -> None:
     meta = info.pop("metadata")
     for key, value in {**info, **meta}.items():
         if key not in ("format_version",) or value is not None:
-            click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            click.echo(shown(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"))
 
 
 @profiles.command(name="rm")

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import InvalidConfig
+from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_SEED
 
 OPTIMIZERS = ("adamw8bit", "adamw")
 FITS = ("crop", "pad")
@@ -50,10 +51,12 @@ class TrainConfig:
         _check(self.lora_steps >= 0, f"--lora-steps must be >= 0, got {self.lora_steps}")
         _check(_positive_finite(self.embedding_lr), f"--embedding-lr must be > 0, got {self.embedding_lr}")
         _check(_positive_finite(self.lora_lr), f"--lora-lr must be > 0, got {self.lora_lr}")
-        _check(1 <= self.rank <= 256, f"--rank must be in [1, 256], got {self.rank}")
+        _check(1 <= self.rank <= MAX_RANK, f"--rank must be in [1, {MAX_RANK}], got {self.rank}")
         _check(1 <= self.samples_per_step <= 64,
                f"--samples-per-step must be in [1, 64], got {self.samples_per_step}")
-        _check(_positive_finite(self.lora_alpha), f"--lora-alpha must be > 0, got {self.lora_alpha}")
+        _check(_positive_finite(self.lora_alpha) and self.lora_alpha <= MAX_LORA_ALPHA,
+               f"--lora-alpha must be in (0, {MAX_LORA_ALPHA:g}], got {self.lora_alpha}")
+        _check(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**63), got {self.seed}")
         _check(
             self.optimizer in OPTIMIZERS,
             f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
@@ -84,7 +87,7 @@ class ApplyConfig:
         for alpha in self.alphas:
             _check(math.isfinite(alpha) and 0 <= alpha <= 1.5, f"--alpha must be in [0, 1.5], got {alpha}")
         _check(1 <= self.seeds <= 64, f"--seeds must be in [1, 64], got {self.seeds}")
-        _check(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
+        _check(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**63), got {self.seed}")
         _check(1 <= self.steps <= 1000, f"--steps must be in [1, 1000], got {self.steps}")
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
         _check(1 <= self.batch_size <= 64, f"--batch-size must be in [1, 64], got {self.batch_size}")

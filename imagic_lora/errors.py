@@ -43,3 +43,11 @@ class TrainingDiverged(ImagicError):
 
 class ProfileNotSaved(ImagicError):
     """Training finished but the store could not take the profile; it was written to a file instead."""
+
+
+class OutputError(ImagicError):
+    """An output file or folder cannot be written."""
+
+
+class StoreError(ImagicError):
+    """The profile store cannot be opened, read or written: damaged, read-only, busy, full or newer."""

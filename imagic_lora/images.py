@@ -13,8 +13,9 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
 
 from .errors import InvalidImage
+from .files import atomic_write
 
-FORMATS = ("JPEG", "PNG", "WEBP")
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: the multi-picture JPEG many phones write
 THUMBNAIL_SIZE = 64
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 32
@@ -34,7 +35,9 @@ def load_image(path: str | Path, warn: Warn = _ignore) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = _open_checked(path)
-            if getattr(image, "is_animated", False):
+            if image.format == "MPO" and getattr(image, "n_frames", 1) > 1:
+                warn(f"{path} holds {image.n_frames} pictures (a multi-picture JPEG); using the first")
+            elif getattr(image, "is_animated", False):
                 warn(f"{path} is animated; using its first frame")
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -111,12 +114,12 @@ def thumbnail_image(pixels: torch.Tensor) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: Path, parameters: dict) -> None:
-    """Write a PNG whose text chunks carry the generation parameters."""
+    """Write a PNG (atomically) whose text chunks carry the generation parameters."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", json.dumps(parameters, sort_keys=True))
     for key, value in parameters.items():
         info.add_text(f"imagic-lora:{key}", str(value))
-    image.save(path, pnginfo=info)
+    atomic_write(path, lambda part: image.save(part, format="PNG", pnginfo=info))
 
 
 def labelled_grid(tiles: list[tuple[str, Image.Image]], columns: int, tile: int) -> Image.Image:

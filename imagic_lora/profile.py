@@ -12,12 +12,14 @@ import re
 import struct
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from .errors import InvalidProfileFile, InvalidProfileName
+from .limits import MAX_JSON_DEPTH, MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP
 
 FORMAT = "imagic-lora-profile"
 FORMAT_VERSION = 1
@@ -119,10 +121,7 @@ def read_header(data: bytes, source: str) -> dict:
     (length,) = struct.unpack("<Q", data[:8])
     if length > min(MAX_HEADER_BYTES, len(data) - 8):
         raise InvalidProfileFile(f"{source} is truncated or not a safetensors file (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidProfileFile(f"{source} is not a safetensors file (unreadable header)") from None
+    header = parse_json(data[8 : 8 + length], f"{source} is not a safetensors file (unreadable header)")
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise InvalidProfileFile(f"{source} is not an imagic-lora profile (no '{FORMAT}' metadata)")
@@ -139,16 +138,38 @@ def read_header(data: bytes, source: str) -> dict:
     return metadata
 
 
+STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+OPENERS, CLOSERS = frozenset(b"[{"), frozenset(b"]}")
+
+
+def json_depth(text: bytes) -> int:
+    """How deep ``[`` and ``{`` nest in JSON ``text``, brackets inside strings not counted."""
+    brackets = np.frombuffer(STRING.sub(b'""', text), dtype=np.uint8)
+    steps = np.isin(brackets, list(OPENERS)).astype(np.int64) - np.isin(brackets, list(CLOSERS))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def parse_json(text: str | bytes | None, error: str):
+    """JSON ``text`` parsed, its nesting bounded first; anything else raises :class:`InvalidProfileFile`."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    if not isinstance(text, bytes):
+        raise InvalidProfileFile(error)
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidProfileFile(f"{error.split(' (')[0]}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidProfileFile(error) from None
+
+
 def _data_section(data: bytes) -> bytes:
     (length,) = struct.unpack("<Q", data[:8])
     return data[8 + length :]
 
 
 def _check_metadata(header: dict, source: str) -> dict:
-    try:
-        metadata = json.loads(header.get("profile", ""))
-    except (TypeError, ValueError):
-        raise InvalidProfileFile(f"{source} has unreadable profile metadata (not JSON)") from None
+    metadata = parse_json(header.get("profile"), f"{source} has unreadable profile metadata (not JSON)")
     if not isinstance(metadata, dict):
         raise InvalidProfileFile(f"{source} has profile metadata that is not a JSON object")
     for key, kind in REQUIRED_METADATA.items():
@@ -156,10 +177,13 @@ def _check_metadata(header: dict, source: str) -> dict:
             raise InvalidProfileFile(f"{source} metadata lacks {key!r} (expected {kind.__name__})")
     lora, resolution = metadata["lora"], metadata["resolution"]
     rank, alpha = lora.get("rank"), lora.get("alpha")
-    if not _is_int_in(rank, 1, 256) or not _is_number_in(alpha, 0, 1e6) or alpha == 0:
-        raise InvalidProfileFile(f"{source} metadata has no valid LoRA rank (1-256) and alpha (> 0)")
-    if not _is_int_in(resolution, 16, 4096):
-        raise InvalidProfileFile(f"{source} metadata has an unsupported resolution")
+    if not _is_int_in(rank, 1, MAX_RANK) or not _is_number_in(alpha, 0, MAX_LORA_ALPHA) or alpha == 0:
+        raise InvalidProfileFile(
+            f"{source} metadata has no valid LoRA rank (1-{MAX_RANK}) and alpha (> 0, <= {MAX_LORA_ALPHA:g})")
+    if not _is_int_in(resolution, MIN_RESOLUTION, MAX_RESOLUTION) or resolution % RESOLUTION_STEP:
+        raise InvalidProfileFile(
+            f"{source} metadata has an unsupported resolution (a multiple of {RESOLUTION_STEP} in "
+            f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}])")
     return metadata
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -11,35 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-import sqlite_utils
-from sqlite_utils import Migrations
 
-from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound
-from .profile import MAX_FILE_BYTES, Profile, check_name
+from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound, StoreError
+from .files import atomic_write, check_file
+from .profile import MAX_FILE_BYTES, Profile, check_name, parse_json
+from .storedb import TABLE, mapped_errors, newer_error, open_database, read_only_error
 
 USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
-BUSY_TIMEOUT_S = 60.0
-TABLE = "profiles"
 SUMMARY_COLUMNS = (
     "name", "source_prompt", "base_model", "base_fingerprint", "resolution",
     "created_at", "format_version", "library_version", "size_bytes", "sha256", "metadata",
 )
-
-migrations = Migrations("imagic-lora")
-
-
-@migrations()
-def m001_profiles(db: sqlite_utils.Database) -> None:
-    db[TABLE].create(
-        {
-            "name": str, "source_prompt": str, "base_model": str, "base_fingerprint": str,
-            "resolution": int, "created_at": str, "format_version": int, "library_version": str,
-            "size_bytes": int, "sha256": str, "metadata": str, "data": bytes,
-        },
-        pk="name",
-        not_null={"source_prompt", "base_model", "base_fingerprint", "created_at", "data"},
-    )
-
 
 def user_dir() -> Path:
     """Where imagic-lora keeps its data: ``$IMAGIC_LORA_USER_PATH`` or the platform's app dir."""
@@ -64,13 +47,15 @@ def _row(profile: Profile, data: bytes) -> dict:
     }
 
 
-def connect(path: Path) -> sqlite_utils.Database:
-    """Open ``path`` in WAL mode with a busy timeout, the driver in autocommit (we BEGIN explicitly)."""
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return sqlite_utils.Database(conn)
+def _guarded(method):
+    """Run a store method with SQLite's errors turned into one-line :class:`StoreError`s."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with mapped_errors(self.path):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class ProfileStore:
@@ -82,27 +67,35 @@ class ProfileStore:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else user_dir() / "profiles.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = connect(self.path)
-        if migrations.pending(self.db) or not self.db[migrations.migrations_table].exists():
-            with self.transaction():
-                migrations.apply(self.db)
+        opened = open_database(self.path)
+        self.db, self.read_only, self.newer = opened.db, opened.read_only, opened.newer
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction holding the write lock from its start; rolled back on any error."""
-        self.db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.conn.execute("ROLLBACK")
-            raise
-        self.db.conn.execute("COMMIT")
+        """One write transaction holding the write lock from its start; rolled back on any error.
 
+        SQLite may already have rolled back (a full disk): then the original error is the one raised.
+        """
+        if self.read_only:
+            raise read_only_error(self.path)
+        if self.newer:
+            raise newer_error(self.path, self.newer)
+        with mapped_errors(self.path):
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.db.conn.in_transaction:
+                    self.db.conn.execute("ROLLBACK")
+                raise
+            self.db.conn.execute("COMMIT")
+
+    @_guarded
     def list(self) -> list[dict]:
         columns = ", ".join(SUMMARY_COLUMNS)
         return list(self.db.query(f"select {columns} from {TABLE} order by name"))
 
+    @_guarded
     def exists(self, name: str) -> bool:
         return bool(list(self.db.query(f"select 1 from {TABLE} where name = ?", [name])))
 
@@ -111,6 +104,7 @@ class ProfileStore:
         if self.exists(check_name(name)):
             raise _exists(name)
 
+    @_guarded
     def info(self, name: str) -> dict:
         """A profile's summary row, with ``metadata`` parsed."""
         columns = ", ".join(SUMMARY_COLUMNS)
@@ -118,18 +112,24 @@ class ProfileStore:
         if not rows:
             raise _not_found(name)
         row = rows[0]
-        row["metadata"] = json.loads(row["metadata"])
+        row["metadata"] = stored_metadata(row)
         return row
 
     def get(self, name: str) -> Profile:
         data = self.get_bytes(name)
         return Profile.from_bytes(data, source=f"stored profile {name!r}")
 
+    @_guarded
     def get_bytes(self, name: str) -> bytes:
         rows = list(self.db.query(f"select data from {TABLE} where name = ?", [check_name(name)]))
         if not rows:
             raise _not_found(name)
-        return rows[0]["data"]
+        data = rows[0]["data"]
+        if not isinstance(data, bytes):
+            raise InvalidProfileFile(f"stored profile {name!r} is damaged: its data is "
+                                     f"{type(data).__name__ if data is not None else 'NULL'}, not a profile file. "
+                                     "Try: imagic-lora profiles verify")
+        return data
 
     def save(self, profile: Profile, replace: bool = False) -> None:
         """Write ``profile`` in one transaction; refuse an existing name unless ``replace``."""
@@ -166,46 +166,34 @@ class ProfileStore:
         """Write the profile's shareable file to ``path``."""
         self.check_not_store(path)
         data = self.get_bytes(name)
-        path = Path(path)
-        if path.is_dir():
-            raise InvalidConfig(f"{path} is a folder. Try: a file name such as {name}.imagic.safetensors")
-        tmp = path.with_name(path.name + ".part")
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        except OSError as ex:
-            raise InvalidConfig(f"cannot write {path}: {ex.strerror}") from None
-        return path
+        return atomic_write(check_file(path, f"{name}.imagic.safetensors"), data)
 
+    @_guarded
     def verify(self) -> tuple[int, list[str]]:
         """SQLite's integrity check, then every profile's checksum and contents: (profiles read, problems)."""
         problems = [row[0] for row in self.db.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        if self.newer:
+            problems.append(str(newer_error(self.path, self.newer)))
         count = 0
-        for name, sha256, data in self.db.conn.execute(f"select name, sha256, data from {TABLE} order by name"):
+        rows = self.db.conn.execute(f"select name, sha256, metadata, data from {TABLE} order by name")
+        for name, sha256, metadata, data in rows:
             count += 1
-            if hashlib.sha256(data).hexdigest() != sha256:
-                problems.append(f"profile {name!r}: its data does not match its stored checksum")
-                continue
-            try:
-                profile = Profile.from_bytes(data, source=f"profile {name!r}")
-            except ImagicError as ex:
-                problems.append(str(ex))
-                continue
-            if profile.name != name:
-                problems.append(f"profile {name!r}: its file names it {profile.name!r}")
+            problem = _row_problem(name, sha256, metadata, data)
+            if problem:
+                problems.append(problem)
         return count, problems
 
     def backup(self, path: str | Path, replace: bool = False) -> Path:
         """A consistent copy of the whole store, taken with SQLite's online backup while it may be in use."""
         target = Path(path)
         self.check_not_store(target)
-        _check_backup_target(target, self.path, replace)
-        part = target.with_name(target.name + ".part")
-        part.unlink(missing_ok=True)
-        with contextlib.closing(sqlite3.connect(part)) as copy:
-            self.db.conn.backup(copy)
-        part.replace(target)
-        return target
+        _check_backup_target(target, replace)
+
+        def copy_to(part: Path) -> None:
+            with mapped_errors(self.path), contextlib.closing(sqlite3.connect(part)) as copy:
+                self.db.conn.backup(copy)
+
+        return atomic_write(check_file(target, "profiles-backup.db"), copy_to)
 
     def import_file(self, path: str | Path, name: str | None = None, replace: bool = False) -> Profile:
         """Validate a shared profile file and store it, under ``name`` if given."""
@@ -218,11 +206,41 @@ class ProfileStore:
         return profile
 
 
-def _check_backup_target(target: Path, live: Path, replace: bool) -> None:
+def _check_backup_target(target: Path, replace: bool) -> None:
     if target.is_dir():
         raise InvalidConfig(f"{target} is a folder. Try: a file name such as profiles-backup.db")
     if target.exists() and not replace:
         raise InvalidConfig(f"{target} already exists. Try: another file name, or --replace")
+
+
+def stored_metadata(row: dict) -> dict:
+    """The ``metadata`` column parsed, or :class:`StoreError` naming the damaged profile."""
+    try:
+        metadata = parse_json(row["metadata"], "not JSON")
+    except ImagicError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise StoreError(f"stored profile {row['name']!r} has damaged metadata in the store. "
+                         "Try: imagic-lora profiles verify")
+    return metadata
+
+
+def _row_problem(name, sha256, metadata, data) -> str | None:
+    """What is wrong with one stored row, or None."""
+    if not isinstance(data, bytes):
+        return f"profile {name!r}: its data is {'NULL' if data is None else type(data).__name__}, not a profile file"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return f"profile {name!r}: its data does not match its stored checksum"
+    try:
+        profile = Profile.from_bytes(data, source=f"profile {name!r}")
+        columns = stored_metadata({"name": name, "metadata": metadata})
+    except ImagicError as ex:
+        return str(ex)
+    if profile.name != name:
+        return f"profile {name!r}: its file names it {profile.name!r}"
+    if columns != profile.metadata:
+        return f"profile {name!r}: its metadata column differs from its file's metadata"
+    return None
 
 
 def read_profile_file(path: str | Path) -> Profile:

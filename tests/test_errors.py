@@ -95,6 +95,10 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
          "header too large"),
         (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--embedding-steps", 3, "--embedding-lr", 1e30],
          "Error: stage 1/2 embedding: loss became nan at step 2; nothing was saved. Try: a lower --embedding-lr"),
+        (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--lora-alpha", 2e6],
+         "Error: --lora-alpha must be in (0, 1e+06], got 2000000.0"),
+        (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--seed", 2**64],
+         "Error: --seed must be in [0, 2**63), got 18446744073709551616"),
         (["train", "new", image_path, "--prompt", PROMPT, *TINY, "--device", "gpu"],
          "Error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ]
@@ -161,10 +165,16 @@ def hostile_files(data: bytes, tmp_path):
         ("f8", rewrite(data, tensors={"e_opt": torch.zeros(1, 77, 32, dtype=torch.float8_e5m2)}),
          ": tensor 'e_opt' is torch.float8_e5m2, not fp32, fp16 or bf16"),
         ("alpha", with_metadata(data, lora={"rank": 4, "alpha": 10**400}),
-         "metadata has no valid LoRA rank (1-256) and alpha (> 0)"),
+         "metadata has no valid LoRA rank (1-256) and alpha (> 0, <= 1e+06)"),
         ("rank", with_metadata(data, lora={"rank": 10**400, "alpha": 4}),
-         "metadata has no valid LoRA rank (1-256) and alpha (> 0)"),
-        ("resolution", with_metadata(data, resolution=10**400), "metadata has an unsupported resolution"),
+         "metadata has no valid LoRA rank (1-256) and alpha (> 0, <= 1e+06)"),
+        ("resolution", with_metadata(data, resolution=10**400),
+         "metadata has an unsupported resolution (a multiple of 8 in [16, 4096])"),
+        ("resolution8", with_metadata(data, resolution=100),
+         "metadata has an unsupported resolution (a multiple of 8 in [16, 4096])"),
+        ("deepmeta", rewrite(data, header={"profile": "[" * 100_000 + "]" * 100_000}),
+         "has unreadable profile metadata: JSON nested deeper than 32 levels"),
+        ("deepheader", deep_header(data), "is not a safetensors file: JSON nested deeper than 32 levels"),
         ("huge", rewrite(data, tensors={"e_opt": torch.zeros(1, 2, 9000), "source_embedding": torch.zeros(1, 2, 9000)}),
          ": embeddings of shape (1, 2, 9000) are larger than any supported model"),
         ("short", data[:5], "is truncated or not a safetensors file (5 bytes)"),
@@ -190,6 +200,14 @@ def hostile_files(data: bytes, tmp_path):
          "invalid profile name '../../etc/passwd'"),
         ("control", rewrite(data, header={"name": "dog\x1b[2J\n"}), "invalid profile name 'dog\\x1b[2J\\n'"),
     ]
+
+
+def deep_header(data: bytes) -> bytes:
+    """The file with a header that nests 100 000 lists deep inside an extra entry."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + length].rstrip(b" ")
+    deep = header[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return struct.pack("<Q", len(deep)) + deep + data[8 + length :]
 
 
 def torch_saved() -> bytes:

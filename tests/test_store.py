@@ -1,5 +1,4 @@
 import re
-import sqlite3
 
 import pytest
 import sqlite_utils
@@ -8,8 +7,9 @@ from conftest import EXAMPLE_PROFILE
 from diffusers import UNet2DConditionModel
 
 from imagic_lora import Profile, ProfileExists, ProfileNotFound, ProfileStore, read_profile_file
+from imagic_lora.errors import StoreError
 from imagic_lora.lora import add_lora, lora_state_dict
-from imagic_lora.store import migrations
+from imagic_lora.storedb import migrations
 
 
 def test_migrations_on_a_blank_database_give_the_exact_schema(tmp_path):
@@ -67,7 +67,7 @@ def test_a_failed_write_changes_nothing(trained, tmp_path):
     store.save(trained)
     before = store.list()
     store.db.execute("create trigger refuse before insert on profiles begin select raise(abort, 'disk full'); end")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match=r"no space left to write the profile store .*; nothing was changed"):
         store.rename("ball", "rex")
     assert store.list() == before
 

@@ -1,0 +1,78 @@
+"""Every file the tool writes goes through here: destinations checked before the work, writes atomic.
+
+A write goes to ``NAME.part`` beside the target, is flushed to disk, then renamed over the target, so
+a killed process leaves either the old file or the new one, never half of one. A ``.part`` left by a
+killed run is overwritten by the next write to the same target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import OutputError
+
+PART = ".part"
+
+
+def _hint(ex: OSError) -> str:
+    if ex.errno == errno.ENOSPC:
+        return "Try: free some disk space"
+    if ex.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "Try: a folder you can write to"
+    return "Try: another path"
+
+
+def write_error(path: Path, ex: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {ex.strerror or ex}. {_hint(ex)}")
+
+
+def check_folder(folder: str | Path, what: str = "--out") -> Path:
+    """Make ``folder`` if needed and prove it writable with a probe file, before any expensive work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} must be a folder, got the file {str(folder)!r}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".imagic-lora-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as ex:
+        raise OutputError(f"cannot write to {what} {str(folder)!r}: {ex.strerror or ex}. {_hint(ex)}") from None
+    return folder
+
+
+def check_file(path: str | Path, example: str) -> Path:
+    """A destination file: not a folder, in a folder that exists (or can be made) and takes writes."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder. Try: a file name such as {example}")
+    check_folder(path.parent, "the folder of")
+    return path
+
+
+def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> Path:
+    """Write ``data`` (bytes, or a function that writes the given path) to ``path`` atomically, mode 0644."""
+    path = Path(path)
+    part = path.with_name(path.name + PART)
+    try:
+        if callable(data):
+            part.unlink(missing_ok=True)
+            data(part)
+        else:
+            part.write_bytes(data)
+        with open(part, "rb+") as handle:
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        part.chmod(0o666 & ~umask)
+        part.replace(path)
+    except OSError as ex:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+        raise write_error(path, ex) from None
+    return path
