@@ -14,6 +14,7 @@ from PIL import Image
 from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
+from .files import check_folder, make_folder
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
 from .lora import TARGET_MODULES, fused_lora
 from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
@@ -40,6 +41,7 @@ def train(
     check_name(name)
     if not prompt or not prompt.strip():
         raise InvalidConfig("--prompt must describe the image as it is, e.g. 'a photo of a dog'")
+    check_text(prompt, "--prompt")
     store = store if store is not None else ProfileStore()
     if not replace:
         store.ensure_free(name)
@@ -51,6 +53,7 @@ def train(
     fitted = fit_image(picture, resolution, config.fit, warn)
 
     # 2. encode the image and the prompt once; sample the base weights before any training
+    warn_truncated(base, prompt, "--prompt", warn)
     latents = encode_image(base, to_tensor(fitted))
     source_embedding = encode_prompt(base, prompt)
     base_sample, fingerprint = base.weight_sample(), base.fingerprint()
@@ -114,6 +117,26 @@ def _metadata(base, prompt, config, resolution, image_sha256, loss1, loss2) -> d
     }
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that cannot be UTF-8 (a shell passes undecodable bytes as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as ex:
+        raise InvalidConfig(f"{what} is not valid UTF-8 text (at character {ex.start + 1}). "
+                            "Try: retyping it, or setting a UTF-8 locale") from None
+
+
+def warn_truncated(base: BaseModel, text: str, what: str, warn: Callable[[str], None] | None) -> None:
+    """Say where the text encoder's token limit cuts ``text``; everything after it is ignored."""
+    tokenizer = base.pipe.tokenizer
+    ids = tokenizer(text, truncation=False).input_ids
+    limit = tokenizer.model_max_length
+    if warn and len(ids) > limit:
+        kept = tokenizer.decode(ids[1 : limit - 1], skip_special_tokens=True).split()
+        warn(f"{what} is {len(ids)} tokens, over the model's {limit}: everything after "
+             f"\"...{' '.join(kept[-4:])}\" is ignored")
+
+
 def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> str | None:
     """Refuse a profile made for other base weights; with ``force``, return a warning instead.
 
@@ -156,20 +179,22 @@ def apply(
     config = config or ApplyConfig()
     if not prompt or not prompt.strip():
         raise InvalidConfig("the edit prompt must not be empty, e.g. 'a jumping dog'")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InvalidConfig(f"--out must be a folder, got the file {str(out)!r}")
+    check_text(prompt, "the edit prompt")
+    check_text(config.negative_prompt, "--negative-prompt")
+    out = check_folder(out_dir)
     base = model if isinstance(model, BaseModel) else load_model(model or profile.metadata["base_model"], device, dtype)
     warning = check_compatible(profile, base, force)
     if warning and warn:
         warn(warning)
+    for text, what in ((prompt, "the edit prompt"), (config.negative_prompt, "--negative-prompt")):
+        warn_truncated(base, text, what, warn)
 
     # 2. generate with the adapter fused into the weights, leaving the base model as it was afterwards
     with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
         results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress)
 
     # 3. write the images
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     return _write_outputs(profile, prompt, base, config, results, out)
 
 

@@ -32,17 +32,32 @@ def write_error(path: Path, ex: OSError) -> OutputError:
 
 
 def check_folder(folder: str | Path, what: str = "--out") -> Path:
-    """Make ``folder`` if needed and prove it writable with a probe file, before any expensive work."""
+    """Prove ``folder`` can take files, before any expensive work, leaving nothing behind.
+
+    The folder itself may not exist yet (:func:`make_folder` makes it when the outputs are ready);
+    its nearest existing ancestor must be a folder that takes a probe file.
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} must be a folder, got the file {str(folder)!r}")
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to {what} {str(folder)!r}: {existing} is a file, not a folder. "
+                          "Try: another path")
+    probe = existing / f".imagic-lora-probe-{uuid.uuid4().hex}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".imagic-lora-probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as ex:
         raise OutputError(f"cannot write to {what} {str(folder)!r}: {ex.strerror or ex}. {_hint(ex)}") from None
+    return folder
+
+
+def make_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as ex:
+        raise write_error(folder, ex) from None
     return folder
 
 
@@ -60,6 +75,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> Path
     path = Path(path)
     part = path.with_name(path.name + PART)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if callable(data):
             part.unlink(missing_ok=True)
             data(part)

@@ -10,6 +10,7 @@ from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict
 from safetensors.torch import save_file
 
 from .errors import InvalidConfig
+from .files import atomic_write, check_file
 from .lora import PREFIX, lora_config
 from .profile import Profile
 
@@ -27,22 +28,18 @@ def export_lora(profile: Profile, path: str | Path, format: str = "diffusers") -
 
     The optimized embedding is not part of a plain LoRA file; see profiles/FORMAT.md.
     """
-    path = Path(path)
     if format not in LORA_FORMATS:
         raise InvalidConfig(f"--format must be one of {', '.join(LORA_FORMATS)}, got {format!r}")
-    if path.is_dir():
-        raise InvalidConfig(f"{path} is a folder. Try: a file name ending in .safetensors")
+    path = check_file(path, f"{profile.name}-lora.safetensors")
     state = _peft_state(profile)
     if format == "diffusers":
         config = lora_config(profile.rank, profile.lora_alpha).to_dict()
-        StableDiffusionPipeline.save_lora_weights(
-            path.parent, unet_lora_layers=state, weight_name=path.name, unet_lora_adapter_metadata=config
-        )
-        return path
+        return atomic_write(path, lambda part: StableDiffusionPipeline.save_lora_weights(
+            part.parent, unet_lora_layers=state, weight_name=part.name, unet_lora_adapter_metadata=config))
     kohya = convert_state_dict_to_kohya({f"unet.{key}": value for key, value in state.items()})
     # diffusers writes alpha = rank; the profile's own alpha keeps the adapter's scale.
     for key in kohya:
         if key.endswith(".alpha"):
             kohya[key] = torch.tensor(float(profile.lora_alpha))
-    save_file(kohya, path, metadata={"ss_network_dim": str(profile.rank), "ss_network_alpha": str(profile.lora_alpha)})
-    return path
+    metadata = {"ss_network_dim": str(profile.rank), "ss_network_alpha": str(profile.lora_alpha)}
+    return atomic_write(path, lambda part: save_file(kohya, part, metadata=metadata))

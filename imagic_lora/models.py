@@ -34,9 +34,26 @@ def choose_device(device: str | None = None) -> torch.device:
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError:
-        raise InvalidConfig(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda", "mps"):
+        raise InvalidConfig(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidConfig(f"--device {device}: Apple's MPS is not available here. Try: --device cpu")
+    if chosen.type == "cuda":
+        _check_cuda(chosen, device)
+    return chosen
+
+
+def _check_cuda(chosen: torch.device, device: str) -> None:
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU visible"
+        raise InvalidConfig(f"--device {device}: CUDA is not available here ({build}). Try: --device cpu")
+    count = torch.cuda.device_count()
+    if chosen.index is not None and chosen.index >= count:
+        raise InvalidConfig(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                            f"cuda:{count - 1}. Try: --device cuda:0")
 
 
 def choose_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import ApplyConfig, TrainConfig
+from ..errors import InvalidConfig
 from ..images import labelled_grid, to_tensor
 from ..lora import fused_lora
 from ..method import encode_image, encode_prompt, finetune_full, finetune_lora, generate, optimize_embedding
@@ -46,6 +48,12 @@ class BenchConfig:
     steps: int = 50
     guidance: float = 7.5
     sheet_rows: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cases <= 10_000:
+            raise InvalidConfig(f"--cases must be in [1, 10000], got {self.cases}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise InvalidConfig(f"--guidance must be >= 0, got {self.guidance}")
 
 
 def _sample_config(config: BenchConfig, seed: int) -> ApplyConfig:
