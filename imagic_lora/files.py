@@ -66,6 +66,8 @@ def check_file(path: str | Path, example: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder. Try: a file name such as {example}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: {path.parent} is a file, not a folder. Try: another path")
     check_folder(path.parent, "the folder of")
     return path
 

@@ -46,7 +46,7 @@ def sqlite_error(path: Path, ex: sqlite3.Error) -> StoreError:
     text = str(ex)
     if "locked" in text or "busy" in text:
         return StoreError(f"the profile store {path} is busy: another process has held its write lock for "
-                          f"{BUSY_TIMEOUT_S:.0f} s. Try: again when that process finishes")
+                          f"{BUSY_TIMEOUT_S:g} s. Try: again when that process finishes")
     if "readonly" in text or "read-only" in text:
         return read_only_error(path)
     if "full" in text:
