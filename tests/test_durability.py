@@ -1,11 +1,13 @@
 """The store under SIGKILL and concurrent writers, with real processes (bounded in count and time)."""
 
+import dataclasses
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from conftest import EXAMPLE_PROFILE, PROMPT
 from helpers import run
 from store_worker import IMPORTS, WRITES
 
-from imagic_lora import Profile, ProfileStore
+from imagic_lora import ImagicError, Profile, ProfileStore
 
 WORKER = Path(__file__).with_name("store_worker.py")
 KILLS = 12
@@ -141,3 +143,55 @@ def test_rename_holds_the_write_lock_from_its_read_to_its_write(trained, monkeyp
     store.rename("a", "b")
     assert outcomes == ["database is locked"]
     assert [row["name"] for row in store.list()] == ["b"]
+
+
+RACES = 200
+
+
+def _race(*actions):
+    """Run ``actions`` at once from their own threads (each with its own connection); their outcomes in order."""
+    barrier = threading.Barrier(len(actions))
+    outcomes = [None] * len(actions)
+
+    def runner(index, action):
+        store = ProfileStore()
+        barrier.wait()
+        try:
+            action(store)
+            outcomes[index] = "ok"
+        except ImagicError as ex:
+            outcomes[index] = type(ex).__name__
+
+    threads = [threading.Thread(target=runner, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+def test_rename_racing_import_and_rm_never_loses_or_resurrects_a_profile(trained, tmp_path):
+    store = ProfileStore()
+    original = trained.renamed("a")
+    imported_prompt = "the imported copy"
+    newer = tmp_path / "newer.imagic.safetensors"
+    newer.write_bytes(dataclasses.replace(original, metadata={**original.metadata,
+                                                              "source_prompt": imported_prompt}).to_bytes())
+    for _ in range(RACES):
+        for name in ("a", "b"):
+            if store.exists(name):
+                store.remove(name)
+        store.save(original)
+        _race(lambda s: s.rename("a", "b"), lambda s: s.import_file(newer, replace=True))
+        prompts = {row["name"]: row["source_prompt"] for row in store.list()}
+        assert imported_prompt in prompts.values(), f"the imported profile was lost: {prompts}"
+
+        store.remove(next(iter(prompts)))
+        for name in ("a", "b"):
+            if store.exists(name):
+                store.remove(name)
+        store.save(original)
+        renamed, removed = _race(lambda s: s.rename("a", "b"), lambda s: s.remove("a"))
+        names = [row["name"] for row in store.list()]
+        assert (renamed, removed) in (("ok", "ProfileNotFound"), ("ProfileNotFound", "ok")), (renamed, removed)
+        assert names == (["b"] if renamed == "ok" else []), f"rename {renamed}, rm {removed}: left {names}"
