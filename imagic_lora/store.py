@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -190,8 +191,12 @@ class ProfileStore:
         _check_backup_target(target, replace)
 
         def copy_to(part: Path) -> None:
-            with mapped_errors(self.path), contextlib.closing(sqlite3.connect(part)) as copy:
-                self.db.conn.backup(copy)
+            try:
+                with contextlib.closing(sqlite3.connect(part)) as copy:
+                    self.db.conn.backup(copy)
+            except sqlite3.Error as ex:  # the copy's own failure (a full disk) is a write error, not the store's
+                code = errno.ENOSPC if "full" in str(ex) else errno.EIO
+                raise OSError(code, os.strerror(code) if code == errno.ENOSPC else str(ex)) from None
 
         return atomic_write(check_file(target, "profiles-backup.db"), copy_to)
 

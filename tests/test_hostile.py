@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import PROMPT
@@ -146,6 +147,9 @@ def test_a_read_only_store_lists_shows_and_exports_but_refuses_changes(stored, t
     assert as_nobody("profiles", "list").stdout.startswith("ball: ")
     assert "source_prompt: " in as_nobody("profiles", "show", "ball").stdout
     assert as_nobody("profiles", "export", "ball", writable / "ball.safetensors").returncode == 0
+    applied = as_nobody("apply", "profile", "ball", "a dog", "--steps", 1, "--out", writable / "out")
+    assert applied.returncode == 0, applied.stderr
+    assert len(list((writable / "out").glob("*.png"))) == 1
     removed = as_nobody("profiles", "rm", "ball")
     assert removed.returncode == 1 and "Traceback" not in removed.stderr
     assert removed.stderr.strip() == (f"Error: the profile store {stored} is read-only: profiles can be listed, "
@@ -238,3 +242,31 @@ def test_exit_codes_follow_one_rule():
     assert run("apply", "profile", "ball", "x", "--no-such-option").exit_code == 2
     assert run("apply", "profile", "ball", "x", "--steps", "0").exit_code == 1
     assert run("bench", "edits", "--guidance", "-1").exit_code == 1
+
+
+def test_a_png_write_that_dies_half_way_leaves_no_file(stored, tmp_path, monkeypatch):
+    def half_then_die(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_die)
+    out = tmp_path / "out"
+    line = refused(["apply", "profile", "ball", "a dog", "--steps", 1, "--out", out], "Error: cannot write ")
+    assert line.endswith("No space left on device. Try: free some disk space")
+    assert list(out.iterdir()) == []
+
+
+def test_a_full_disk_during_backup_leaves_no_file(stored, tmp_path, monkeypatch):
+    real_connect = sqlite3.connect
+    target = tmp_path / "backup.db"
+
+    def one_page_target(path, *args, **kwargs):
+        conn = real_connect(path, *args, **kwargs)
+        if str(path).startswith(str(target)):
+            conn.execute("PRAGMA max_page_count = 1")  # SQLite's own "database or disk is full"
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", one_page_target)
+    refused(["profiles", "backup", target], f"Error: cannot write {target}: No space left on device. "
+            "Try: free some disk space")
+    assert list(tmp_path.glob("backup.db*")) == []
