@@ -9,25 +9,29 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from .errors import InvalidProfileFile, InvalidProfileName
-from .limits import MAX_JSON_DEPTH, MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP
+from .errors import InvalidProfileFile
+from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP
+from .validate import (
+    CHECKSUM_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_FILE_BYTES,
+    _data_section,
+    check_name,
+    parse_json,
+    read_header,
+)
 
-FORMAT = "imagic-lora-profile"
-FORMAT_VERSION = 1
-MAX_FILE_BYTES = 512 * 1024 * 1024
-MAX_HEADER_BYTES = 16 * 1024 * 1024
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "Profile", "check_name", "parse_json", "read_header"]
+
 LORA_KEY = re.compile(r"unet\.[A-Za-z0-9_.]+\.lora\.(down|up)\.weight")
-CHECKSUM_KEY = "tensors_sha256"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TOKENS, MAX_DIM, MAX_LORA_DIM = 1024, 8192, 65536
 FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
@@ -35,17 +39,6 @@ REQUIRED_METADATA = {
     "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
     "losses": dict, "resolution": int, "image_sha256": str, "created_at": str, "library_version": str,
 }
-
-
-def check_name(name: str) -> str:
-    """Return ``name`` if it is a short identifier (letters, digits, ``-``, ``_``, ``.``)."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        shown = repr(name)[:70]
-        raise InvalidProfileName(
-            f"invalid profile name {shown}: use up to 64 letters, digits, '-', '_' or '.', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 @dataclass
@@ -110,62 +103,6 @@ class Profile:
             base_sample=tensors["base_sample"].float(),
             metadata=metadata,
         )
-
-
-def read_header(data: bytes, source: str) -> dict:
-    """The ``__metadata__`` of a safetensors blob, checked for size and format before any tensor is read."""
-    if len(data) > MAX_FILE_BYTES:
-        raise InvalidProfileFile(f"{source} is {len(data)} bytes, over the {MAX_FILE_BYTES} byte limit")
-    if len(data) < 8:
-        raise InvalidProfileFile(f"{source} is truncated or not a safetensors file ({len(data)} bytes)")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise InvalidProfileFile(f"{source} is truncated or not a safetensors file (bad header length)")
-    header = parse_json(data[8 : 8 + length], f"{source} is not a safetensors file (unreadable header)")
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise InvalidProfileFile(f"{source} is not an imagic-lora profile (no '{FORMAT}' metadata)")
-    version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise InvalidProfileFile(
-            f"{source} has profile format version {str(version)[:20]!r}; this imagic-lora reads version "
-            f"{FORMAT_VERSION}. Try: upgrading imagic-lora"
-        )
-    if not isinstance(metadata.get("name"), str):
-        raise InvalidProfileFile(f"{source} has no profile name in its metadata")
-    if metadata.get(CHECKSUM_KEY) != hashlib.sha256(data[8 + length :]).hexdigest():
-        raise InvalidProfileFile(f"{source} is corrupt: its tensors do not match their checksum")
-    return metadata
-
-
-STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-OPENERS, CLOSERS = frozenset(b"[{"), frozenset(b"]}")
-
-
-def json_depth(text: bytes) -> int:
-    """How deep ``[`` and ``{`` nest in JSON ``text``, brackets inside strings not counted."""
-    brackets = np.frombuffer(STRING.sub(b'""', text), dtype=np.uint8)
-    steps = np.isin(brackets, list(OPENERS)).astype(np.int64) - np.isin(brackets, list(CLOSERS))
-    return int(np.cumsum(steps).max(initial=0))
-
-
-def parse_json(text: str | bytes | None, error: str):
-    """JSON ``text`` parsed, its nesting bounded first; anything else raises :class:`InvalidProfileFile`."""
-    if isinstance(text, str):
-        text = text.encode("utf-8", "surrogatepass")
-    if not isinstance(text, bytes):
-        raise InvalidProfileFile(error)
-    if json_depth(text) > MAX_JSON_DEPTH:
-        raise InvalidProfileFile(f"{error.split(' (')[0]}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(text)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidProfileFile(error) from None
-
-
-def _data_section(data: bytes) -> bytes:
-    (length,) = struct.unpack("<Q", data[:8])
-    return data[8 + length :]
 
 
 def _check_metadata(header: dict, source: str) -> dict:

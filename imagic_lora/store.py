@@ -11,12 +11,16 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound, StoreError
 from .files import atomic_write, check_file
-from .profile import MAX_FILE_BYTES, Profile, check_name, parse_json
+from .validate import MAX_FILE_BYTES, check_name, parse_json, read_header, with_name
+
+if TYPE_CHECKING:
+    from .profile import Profile
 from .storedb import TABLE, mapped_errors, newer_error, open_database, read_only_error
 
 USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
@@ -30,10 +34,9 @@ def user_dir() -> Path:
     return Path(os.environ.get(USER_PATH_ENV) or click.get_app_dir("imagic-lora"))
 
 
-def _row(profile: Profile, data: bytes) -> dict:
-    meta = profile.metadata
+def _row(name: str, meta: dict, data: bytes) -> dict:
     return {
-        "name": profile.name,
+        "name": name,
         "source_prompt": meta["source_prompt"],
         "base_model": meta["base_model"],
         "base_fingerprint": meta["base_fingerprint"],
@@ -118,7 +121,7 @@ class ProfileStore:
 
     def get(self, name: str) -> Profile:
         data = self.get_bytes(name)
-        return Profile.from_bytes(data, source=f"stored profile {name!r}")
+        return _parse(data, f"stored profile {name!r}")
 
     @_guarded
     def get_bytes(self, name: str) -> bytes:
@@ -139,7 +142,7 @@ class ProfileStore:
         with self.transaction():
             if not replace:
                 self.ensure_free(profile.name)
-            self.db[TABLE].insert(_row(profile, data), replace=True)
+            self.db[TABLE].insert(_row(profile.name, profile.metadata, data), replace=True)
 
     def remove(self, name: str) -> None:
         with self.transaction():
@@ -151,10 +154,12 @@ class ProfileStore:
         """Read, check and rewrite under one write lock, so a concurrent import or removal cannot interleave."""
         check_name(new)
         with self.transaction():
-            profile = self.get(old).renamed(new)
+            source = f"stored profile {old!r}"
+            data = with_name(self.get_bytes(old), new, source)
+            metadata = parse_json(read_header(data, source).get("profile"), f"{source} has unreadable metadata")
             self.ensure_free(new)
             self.db.execute(f"delete from {TABLE} where name = ?", [old])
-            self.db[TABLE].insert(_row(profile, profile.to_bytes()))
+            self.db[TABLE].insert(_row(new, metadata, data))
 
     def check_not_store(self, path: str | Path) -> None:
         """Refuse ``path`` if it is the live database or one of its journal files (compared as real paths)."""
@@ -237,7 +242,7 @@ def _row_problem(name, sha256, metadata, data) -> str | None:
     if hashlib.sha256(data).hexdigest() != sha256:
         return f"profile {name!r}: its data does not match its stored checksum"
     try:
-        profile = Profile.from_bytes(data, source=f"profile {name!r}")
+        profile = _parse(data, f"profile {name!r}")
         columns = stored_metadata({"name": name, "metadata": metadata})
     except ImagicError as ex:
         return str(ex)
@@ -256,7 +261,13 @@ def read_profile_file(path: str | Path) -> Profile:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise InvalidProfileFile(f"{path} is {size} bytes, over the {MAX_FILE_BYTES} byte limit")
-    return Profile.from_bytes(path.read_bytes(), source=str(path))
+    return _parse(path.read_bytes(), str(path))
+
+
+def _parse(data: bytes, source: str) -> Profile:
+    from .profile import Profile  # torch: imported only by commands that read tensors
+
+    return Profile.from_bytes(data, source=source)
 
 
 def _not_found(name: str) -> ProfileNotFound:

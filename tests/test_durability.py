@@ -16,7 +16,8 @@ from conftest import EXAMPLE_PROFILE, PROMPT
 from helpers import run
 from store_worker import IMPORTS, WRITES
 
-from imagic_lora import ImagicError, Profile, ProfileStore
+from imagic_lora import ImagicError, ProfileStore
+from imagic_lora import store as store_module
 
 WORKER = Path(__file__).with_name("store_worker.py")
 KILLS = 12
@@ -124,10 +125,10 @@ def test_rename_holds_the_write_lock_from_its_read_to_its_write(trained, monkeyp
     """A writer arriving between rename's read and its write must wait, or its profile would be lost."""
     store = ProfileStore()
     store.save(trained.renamed("a"))
-    real_renamed = Profile.renamed
+    real_with_name = store_module.with_name
     outcomes = []
 
-    def renamed_with_a_concurrent_writer(self, name):
+    def renamed_with_a_concurrent_writer(data, name, source):
         other = sqlite3.connect(store.path, timeout=0.1)
         try:
             other.execute("update profiles set source_prompt = 'changed meanwhile' where name = 'a'")
@@ -137,9 +138,9 @@ def test_rename_holds_the_write_lock_from_its_read_to_its_write(trained, monkeyp
             outcomes.append(str(ex))
         finally:
             other.close()
-        return real_renamed(self, name)
+        return real_with_name(data, name, source)
 
-    monkeypatch.setattr(Profile, "renamed", renamed_with_a_concurrent_writer)
+    monkeypatch.setattr(store_module, "with_name", renamed_with_a_concurrent_writer)
     store.rename("a", "b")
     assert outcomes == ["database is locked"]
     assert [row["name"] for row in store.list()] == ["b"]
