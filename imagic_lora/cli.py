@@ -55,6 +55,14 @@ def user_errors(func):
     return wrapper
 
 
+def complete_profile_names(ctx, param, incomplete: str) -> list:
+    """Shell completion: stored profile names starting with what has been typed."""
+    try:
+        return ProfileStore().names(incomplete)
+    except ImagicError:
+        return []
+
+
 def model_options(func):
     func = click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
                         help="Dtype of the frozen weights (auto: fp16 on CUDA, fp32 on CPU).")(func)
@@ -164,7 +172,7 @@ def apply() -> None:
 
 
 @apply.command(name="profile")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_profile_names)
 @click.argument("prompt")
 @apply_options
 @user_errors
@@ -216,7 +224,7 @@ def shown(text) -> str:
 
 
 @profiles.command(name="show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_profile_names)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
 def profiles_show(name, as_json) -> None:
@@ -232,7 +240,7 @@ def profiles_show(name, as_json) -> None:
 
 
 @profiles.command(name="rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_profile_names)
 @user_errors
 def profiles_rm(name) -> None:
     """Delete a profile."""
@@ -241,7 +249,7 @@ def profiles_rm(name) -> None:
 
 
 @profiles.command(name="rename")
-@click.argument("old")
+@click.argument("old", shell_complete=complete_profile_names)
 @click.argument("new")
 @user_errors
 def profiles_rename(old, new) -> None:
@@ -257,7 +265,7 @@ def profiles_path() -> None:
 
 
 @profiles.command(name="export")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_profile_names)
 @click.argument("path", type=click.Path())
 @click.option("--lora-only", is_flag=True, help="Write only the LoRA adapter, for other Stable Diffusion tools.")
 @click.option("--format", "lora_format", type=click.Choice(LORA_FORMATS), default=None,

@@ -100,6 +100,13 @@ class ProfileStore:
         return list(self.db.query(f"select {columns} from {TABLE} order by name"))
 
     @_guarded
+    def names(self, prefix: str = "") -> list[str]:
+        """Stored names starting with ``prefix``, in order (for shell completion)."""
+        rows = self.db.conn.execute(f"select name from {TABLE} where substr(name, 1, ?) = ? order by name",
+                                    [len(prefix), prefix])
+        return [row[0] for row in rows]
+
+    @_guarded
     def exists(self, name: str) -> bool:
         return bool(list(self.db.query(f"select 1 from {TABLE} where name = ?", [name])))
 
