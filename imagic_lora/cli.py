@@ -201,7 +201,8 @@ def profiles() -> None:
 @user_errors
 def profiles_list(as_json) -> None:
     """List stored profiles."""
-    rows = ProfileStore().list()
+    store = ProfileStore()
+    rows = store.list() if as_json else store.list(LISTED)
     if as_json:
         for row in rows:
             try:
@@ -212,15 +213,24 @@ def profiles_list(as_json) -> None:
         return
     if not rows:
         click.echo("No profiles yet. Try: imagic-lora train NAME IMAGE --prompt \"a photo of ...\"")
+    lines = []
     for row in rows:
         size = f"{row['size_bytes'] / 1024:.0f} KiB" if isinstance(row["size_bytes"], int) else "? KiB"
-        click.echo(shown(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
-                         f"{row['resolution']}px  {size}  {row['created_at']}"))
+        lines.append(shown(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
+                           f"{row['resolution']}px  {size}  {row['created_at']}"))
+    if lines:
+        click.echo("\n".join(lines))
+
+
+LISTED = ("name", "source_prompt", "base_model", "resolution", "size_bytes", "created_at")
 
 
 def shown(text) -> str:
     """``text`` safe for a terminal: control and format characters (escape sequences, bidi overrides) escaped."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 @profiles.command(name="show")

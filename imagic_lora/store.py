@@ -95,9 +95,13 @@ class ProfileStore:
             self.db.conn.execute("COMMIT")
 
     @_guarded
-    def list(self) -> list[dict]:
-        columns = ", ".join(SUMMARY_COLUMNS)
-        return list(self.db.query(f"select {columns} from {TABLE} order by name"))
+    def list(self, columns: tuple[str, ...] = SUMMARY_COLUMNS) -> list[dict]:
+        """Summary rows by name, with only ``columns`` (never the tensor blob)."""
+        unknown = set(columns) - set(SUMMARY_COLUMNS)
+        if unknown:
+            raise ValueError(f"not summary columns: {sorted(unknown)}")
+        cursor = self.db.conn.execute(f"select {', '.join(columns)} from {TABLE} order by name")
+        return [dict(zip(columns, row, strict=True)) for row in cursor]
 
     @_guarded
     def names(self, prefix: str = "") -> list[str]:
