@@ -72,7 +72,7 @@ class ProfileStore:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else user_dir() / "profiles.db"
         opened = open_database(self.path)
-        self.db, self.read_only, self.newer = opened.db, opened.read_only, opened.newer
+        self.conn, self.read_only, self.newer = opened.conn, opened.read_only, opened.newer
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -85,14 +85,14 @@ class ProfileStore:
         if self.newer:
             raise newer_error(self.path, self.newer)
         with mapped_errors(self.path):
-            self.db.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                if self.db.conn.in_transaction:
-                    self.db.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.db.conn.execute("COMMIT")
+            self.conn.execute("COMMIT")
 
     @_guarded
     def list(self, columns: tuple[str, ...] = SUMMARY_COLUMNS) -> list[dict]:
@@ -100,19 +100,19 @@ class ProfileStore:
         unknown = set(columns) - set(SUMMARY_COLUMNS)
         if unknown:
             raise ValueError(f"not summary columns: {sorted(unknown)}")
-        cursor = self.db.conn.execute(f"select {', '.join(columns)} from {TABLE} order by name")
+        cursor = self.conn.execute(f"select {', '.join(columns)} from {TABLE} order by name")
         return [dict(zip(columns, row, strict=True)) for row in cursor]
 
     @_guarded
     def names(self, prefix: str = "") -> list[str]:
         """Stored names starting with ``prefix``, in order (for shell completion)."""
-        rows = self.db.conn.execute(f"select name from {TABLE} where substr(name, 1, ?) = ? order by name",
+        rows = self.conn.execute(f"select name from {TABLE} where substr(name, 1, ?) = ? order by name",
                                     [len(prefix), prefix])
         return [row[0] for row in rows]
 
     @_guarded
     def exists(self, name: str) -> bool:
-        return bool(list(self.db.query(f"select 1 from {TABLE} where name = ?", [name])))
+        return self.conn.execute(f"select 1 from {TABLE} where name = ?", [name]).fetchone() is not None
 
     def ensure_free(self, name: str) -> None:
         """Raise :class:`ProfileExists` if ``name`` is taken."""
@@ -123,7 +123,8 @@ class ProfileStore:
     def info(self, name: str) -> dict:
         """A profile's summary row, with ``metadata`` parsed."""
         columns = ", ".join(SUMMARY_COLUMNS)
-        rows = list(self.db.query(f"select {columns} from {TABLE} where name = ?", [check_name(name)]))
+        rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in
+                self.conn.execute(f"select {columns} from {TABLE} where name = ?", [check_name(name)])]
         if not rows:
             raise _not_found(name)
         row = rows[0]
@@ -136,10 +137,10 @@ class ProfileStore:
 
     @_guarded
     def get_bytes(self, name: str) -> bytes:
-        rows = list(self.db.query(f"select data from {TABLE} where name = ?", [check_name(name)]))
-        if not rows:
+        row = self.conn.execute(f"select data from {TABLE} where name = ?", [check_name(name)]).fetchone()
+        if row is None:
             raise _not_found(name)
-        data = rows[0]["data"]
+        data = row[0]
         if not isinstance(data, bytes):
             raise InvalidProfileFile(f"stored profile {name!r} is damaged: its data is "
                                      f"{type(data).__name__ if data is not None else 'NULL'}, not a profile file. "
@@ -153,13 +154,19 @@ class ProfileStore:
         with self.transaction():
             if not replace:
                 self.ensure_free(profile.name)
-            self.db[TABLE].insert(_row(profile.name, profile.metadata, data), replace=True)
+            self._insert(_row(profile.name, profile.metadata, data))
+
+    def _insert(self, row: dict) -> None:
+        """Insert or replace one row (inside a transaction; the schema comes from the migrations)."""
+        columns = ", ".join(row)
+        self.conn.execute(f"insert or replace into {TABLE} ({columns}) values ({', '.join('?' * len(row))})",
+                          list(row.values()))
 
     def remove(self, name: str) -> None:
         with self.transaction():
             if not self.exists(check_name(name)):
                 raise _not_found(name)
-            self.db.execute(f"delete from {TABLE} where name = ?", [name])
+            self.conn.execute(f"delete from {TABLE} where name = ?", [name])
 
     def rename(self, old: str, new: str) -> None:
         """Read, check and rewrite under one write lock, so a concurrent import or removal cannot interleave."""
@@ -169,8 +176,8 @@ class ProfileStore:
             data = with_name(self.get_bytes(old), new, source)
             metadata = parse_json(read_header(data, source).get("profile"), f"{source} has unreadable metadata")
             self.ensure_free(new)
-            self.db.execute(f"delete from {TABLE} where name = ?", [old])
-            self.db[TABLE].insert(_row(new, metadata, data))
+            self.conn.execute(f"delete from {TABLE} where name = ?", [old])
+            self._insert(_row(new, metadata, data))
 
     def check_not_store(self, path: str | Path) -> None:
         """Refuse ``path`` if it is the live database or one of its journal files (compared as real paths)."""
@@ -188,11 +195,11 @@ class ProfileStore:
     @_guarded
     def verify(self) -> tuple[int, list[str]]:
         """SQLite's integrity check, then every profile's checksum and contents: (profiles read, problems)."""
-        problems = [row[0] for row in self.db.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        problems = [row[0] for row in self.conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
         if self.newer:
             problems.append(str(newer_error(self.path, self.newer)))
         count = 0
-        rows = self.db.conn.execute(f"select name, sha256, metadata, data from {TABLE} order by name")
+        rows = self.conn.execute(f"select name, sha256, metadata, data from {TABLE} order by name")
         for name, sha256, metadata, data in rows:
             count += 1
             problem = _row_problem(name, sha256, metadata, data)
@@ -209,7 +216,7 @@ class ProfileStore:
         def copy_to(part: Path) -> None:
             try:
                 with contextlib.closing(sqlite3.connect(part)) as copy:
-                    self.db.conn.backup(copy)
+                    self.conn.backup(copy)
             except sqlite3.Error as ex:  # the copy's own failure (a full disk) is a write error, not the store's
                 code = errno.ENOSPC if "full" in str(ex) else errno.EIO
                 raise OSError(code, os.strerror(code) if code == errno.ENOSPC else str(ex)) from None

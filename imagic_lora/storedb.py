@@ -7,25 +7,26 @@ One path opens every store: a damaged, read-only, busy, full or newer store rais
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import sqlite_utils
-from sqlite_utils import Migrations
+from typing import TYPE_CHECKING
 
 from .errors import StoreError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 BUSY_TIMEOUT_S = 60.0
 TABLE = "profiles"
 MOVE_AWAY = "Try: imagic-lora profiles backup FILE to save what is readable, then move it away (a new store is made)"
 
-migrations = Migrations("imagic-lora")
+MIGRATION_SET = "imagic-lora"
 
 
-@migrations()
 def m001_profiles(db: sqlite_utils.Database) -> None:
     db[TABLE].create(
         {
@@ -38,7 +39,31 @@ def m001_profiles(db: sqlite_utils.Database) -> None:
     )
 
 
-KNOWN_MIGRATIONS = [m001_profiles.__name__]  # every migration above, in order
+MIGRATIONS = (m001_profiles,)  # every migration above, in order
+KNOWN_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
+
+
+@functools.cache
+def migrations():
+    """The numbered migrations as a ``sqlite_utils.Migrations`` set (imported only when a store needs one)."""
+    from sqlite_utils import Migrations
+
+    migration_set = Migrations(MIGRATION_SET)
+    for migration in MIGRATIONS:
+        migration_set()(migration)
+    return migration_set
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """The names sqlite-utils recorded as applied, read with plain SQL (no import on the read path)."""
+    if not _has_table(conn, "_sqlite_migrations"):
+        return []
+    rows = conn.execute("select name from _sqlite_migrations where migration_set = ? order by rowid", [MIGRATION_SET])
+    return [row[0] for row in rows]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("select 1 from sqlite_master where type = 'table' and name = ?", [name]).fetchone() is not None
 
 
 def sqlite_error(path: Path, ex: sqlite3.Error) -> StoreError:
@@ -74,7 +99,7 @@ def mapped_errors(path: Path) -> Iterator[None]:
 
 @dataclass
 class Opened:
-    db: sqlite_utils.Database
+    conn: sqlite3.Connection
     read_only: bool
     newer: list[str] = field(default_factory=list)  # migrations applied by a newer imagic-lora
 
@@ -95,21 +120,28 @@ def open_database(path: Path) -> Opened:
         writable = not path.exists() or (os.access(path, os.W_OK) and os.access(folder, os.W_OK))
         opened = _connect(path) if writable else _connect_read_only(path)
         # 3. the schema: apply what is pending, refuse to change a store from a newer version
-        applied = [m.name for m in migrations.applied(opened.db)]
+        applied = applied_migrations(opened.conn)
         opened.newer = [name for name in applied if name not in KNOWN_MIGRATIONS]
-        if migrations.pending(opened.db) and not opened.read_only and not opened.newer:
-            opened.db.conn.execute("BEGIN IMMEDIATE")
-            try:
-                migrations.apply(opened.db)
-            except BaseException:
-                if opened.db.conn.in_transaction:
-                    opened.db.conn.execute("ROLLBACK")
-                raise
-            opened.db.conn.execute("COMMIT")
-        if not opened.db[TABLE].exists():
+        pending = [name for name in KNOWN_MIGRATIONS if name not in applied]
+        if pending and not opened.read_only and not opened.newer:
+            _migrate(opened.conn)
+        if not _has_table(opened.conn, TABLE):
             raise StoreError(f"the profile store {path} has no '{TABLE}' table: it is damaged or not "
                              "imagic-lora's. Try: move it away (a new store is made)")
     return opened
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    import sqlite_utils
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        migrations().apply(sqlite_utils.Database(conn))
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _connect(path: Path) -> Opened:
@@ -124,7 +156,7 @@ def _connect(path: Path) -> Opened:
         if "readonly" in str(ex) or "unable to open" in str(ex):
             return _connect_read_only(path)
         raise
-    return Opened(sqlite_utils.Database(conn), read_only=False)
+    return Opened(conn, read_only=False)
 
 
 def _connect_read_only(path: Path) -> Opened:
@@ -137,7 +169,7 @@ def _connect_read_only(path: Path) -> Opened:
         except sqlite3.OperationalError:
             conn.close()
             continue
-        return Opened(sqlite_utils.Database(conn), read_only=True)
+        return Opened(conn, read_only=True)
     raise sqlite3.OperationalError("unable to open database file read-only")
 
 

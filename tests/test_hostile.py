@@ -128,7 +128,7 @@ def _nobody_can_run_python() -> bool:
 
 @pytest.mark.skipif(not _nobody_can_run_python(), reason="needs root and setpriv to act as another user")
 def test_a_read_only_store_lists_shows_and_exports_but_refuses_changes(stored, tmp_path):
-    ProfileStore().db.conn.close()
+    ProfileStore().conn.close()
     for path in [stored.parent, *stored.parent.iterdir()]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     for folder in stored.parent.parents:  # pytest's tmp folders are private to root; let the other user in

@@ -14,7 +14,7 @@ from imagic_lora.storedb import migrations
 
 def test_migrations_on_a_blank_database_give_the_exact_schema(tmp_path):
     db = sqlite_utils.Database(tmp_path / "blank.db")
-    migrations.apply(db)
+    migrations().apply(db)
     columns = {c.name: c.type for c in db["profiles"].columns}
     assert columns == {
         "name": "TEXT", "source_prompt": "TEXT", "base_model": "TEXT", "base_fingerprint": "TEXT",
@@ -22,9 +22,9 @@ def test_migrations_on_a_blank_database_give_the_exact_schema(tmp_path):
         "size_bytes": "INTEGER", "sha256": "TEXT", "metadata": "TEXT", "data": "BLOB",
     }
     assert db["profiles"].pks == ["name"]
-    assert [m.name for m in migrations.applied(db)] == ["m001_profiles"]
-    migrations.apply(db)  # applying again is a no-op
-    assert [m.name for m in migrations.applied(db)] == ["m001_profiles"]
+    assert [m.name for m in migrations().applied(db)] == ["m001_profiles"]
+    migrations().apply(db)  # applying again is a no-op
+    assert [m.name for m in migrations().applied(db)] == ["m001_profiles"]
 
 
 def test_store_defaults_to_the_user_dir_from_the_env(isolated_user_dir):
@@ -53,7 +53,7 @@ def test_listing_never_reads_tensor_blobs(trained, tmp_path):
     store = ProfileStore(tmp_path / "p.db")
     store.save(trained)
     queries = []
-    store.db = sqlite_utils.Database(store.path, tracer=lambda sql, params: queries.append(sql))
+    store.conn.set_trace_callback(queries.append)
     rows = store.list()
     store.info("ball")
     assert rows[0]["name"] == "ball" and "data" not in rows[0]
@@ -66,7 +66,7 @@ def test_a_failed_write_changes_nothing(trained, tmp_path):
     store = ProfileStore(tmp_path / "p.db")
     store.save(trained)
     before = store.list()
-    store.db.execute("create trigger refuse before insert on profiles begin select raise(abort, 'disk full'); end")
+    store.conn.execute("create trigger refuse before insert on profiles begin select raise(abort, 'disk full'); end")
     with pytest.raises(StoreError, match=r"no space left to write the profile store .*; nothing was changed"):
         store.rename("ball", "rex")
     assert store.list() == before
