@@ -108,6 +108,7 @@ def _metadata(base, prompt, config, resolution, image_sha256, loss1, loss2) -> d
             "lora_steps": config.lora_steps, "lora_lr": config.lora_lr, "optimizer": config.optimizer,
             "samples_per_step": config.samples_per_step, "fit": config.fit, "seed": config.seed,
             "device": base.device.type, "dtype": str(base.dtype),
+            "prediction_type": base.pipe.scheduler.config.prediction_type,
         },
         "losses": {"embedding": loss1, "lora": loss2},
         "resolution": resolution,

@@ -41,5 +41,29 @@ def export_lora(profile: Profile, path: str | Path, format: str = "diffusers") -
     for key in kohya:
         if key.endswith(".alpha"):
             kohya[key] = torch.tensor(float(profile.lora_alpha))
-    metadata = {"ss_network_dim": str(profile.rank), "ss_network_alpha": str(profile.lora_alpha)}
-    return atomic_write(path, lambda part: save_file(kohya, part, metadata=metadata))
+    return atomic_write(path, lambda part: save_file(kohya, part, metadata=kohya_metadata(profile)))
+
+
+def kohya_metadata(profile: Profile) -> dict[str, str]:
+    """The header sd-scripts writes, so A1111, ComfyUI and model sites classify the file.
+
+    The base model version follows sd-scripts (``sd_v1``, ``sd_v2``, ``_v`` for v-prediction) and
+    the architecture the Stability AI model spec; both are left out for a base of neither family.
+    """
+    resolution = profile.metadata["resolution"]
+    metadata = {
+        "ss_network_module": "networks.lora", "ss_network_dim": str(profile.rank),
+        "ss_network_alpha": str(profile.lora_alpha), "ss_output_name": profile.name,
+        "modelspec.sai_model_spec": "1.0.0", "modelspec.title": profile.name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+    }
+    v_prediction = profile.metadata["training"].get("prediction_type") == "v_prediction"
+    width = profile.e_opt.shape[-1]
+    if width in (768, 1024):
+        version = ("sd_v1" if width == 768 else "sd_v2") + ("_v" if v_prediction else "")
+        if width == 768:
+            architecture = "stable-diffusion-v1"
+        else:
+            architecture = "stable-diffusion-v2-768-v" if v_prediction else "stable-diffusion-v2-512"
+        metadata.update({"ss_base_model_version": version, "modelspec.architecture": f"{architecture}/lora"})
+    return metadata

@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import run
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from imagic_lora import ApplyConfig, ProfileStore, apply, load_model
@@ -52,6 +53,11 @@ def test_kohya_file_names_and_alphas(trained, tmp_path):
     assert downs and all(k.startswith("lora_unet_") for k in state)
     assert all(state[k.replace(".lora_down.weight", ".alpha")].item() == trained.lora_alpha for k in downs)
     assert len(state) == 3 * len(downs)
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    assert header["ss_network_module"] == "networks.lora"
+    assert (header["ss_network_dim"], header["ss_network_alpha"]) == (str(trained.rank), str(trained.lora_alpha))
+    assert "ss_base_model_version" not in header, "the built-in model is neither SD 1.x nor 2.x"
 
 
 def test_export_to_a_folder_is_refused(trained, tmp_path):

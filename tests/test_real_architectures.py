@@ -10,6 +10,7 @@ import torch
 from helpers import pixels, run
 from ldm_checkpoint import write_single_file
 from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from imagic_lora import ProfileStore, load_model
@@ -19,6 +20,7 @@ from imagic_lora.lora import fused_lora
 from imagic_lora.models import sample_indices
 
 FAMILIES = {"sd15": (768, "epsilon"), "sd21": (1024, "v_prediction")}
+KOHYA = {"sd15": ("sd_v1", "stable-diffusion-v1/lora"), "sd21": ("sd_v2_v", "stable-diffusion-v2-768-v/lora")}
 FAST = ["--resolution", "64", "--embedding-steps", "1", "--lora-steps", "1", "--dtype", "bf16"]
 APPLY = ["--steps", "2", "--dtype", "bf16"]
 
@@ -78,6 +80,9 @@ def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_pat
     for lora_format in ("diffusers", "kohya"):
         exported = run("profiles", "export", "real", tmp_path / f"{lora_format}.safetensors", "--format", lora_format)
         assert exported.exit_code == 0, exported.output
+    with safe_open(str(tmp_path / "kohya.safetensors"), framework="pt") as handle:
+        header = handle.metadata()
+    assert (header["ss_base_model_version"], header["modelspec.architecture"]) == KOHYA[family]
     _check_in_diffusers(folder, profile, tmp_path, prediction)
 
 
