@@ -231,6 +231,8 @@ def _parameters(profile, prompt, base, config, alpha, seed) -> dict:
         "alpha": alpha if alpha is not None else list(config.alphas),
         "seed": seed if seed is not None else config.seed_list,
         "steps": config.steps, "guidance": config.guidance, "negative_prompt": config.negative_prompt,
-        "model": base.model_id, "scheduler": type(base.pipe.scheduler).__name__,
+        "size": profile.metadata["resolution"], "model": base.model_id,
+        "model_hash": profile.metadata["base_fingerprint"].split("-")[-1][:10],
+        "scheduler": type(base.pipe.scheduler).__name__, "start": "noise",
         "generator": f"imagic-lora {__version__}",
     }

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
 
 from .errors import InvalidImage
 from .files import atomic_write
+from .infotext import infotext
 
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: the multi-picture JPEG many phones write
 THUMBNAIL_SIZE = 64
@@ -114,11 +115,10 @@ def thumbnail_image(pixels: torch.Tensor) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: Path, parameters: dict) -> None:
-    """Write a PNG (atomically) whose text chunks carry the generation parameters."""
+    """Write a PNG (atomically) carrying its generation parameters: A1111 infotext and the full JSON."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", json.dumps(parameters, sort_keys=True))
-    for key, value in parameters.items():
-        info.add_text(f"imagic-lora:{key}", str(value))
+    info.add_itxt("parameters", infotext(parameters))
+    info.add_itxt("imagic-lora", json.dumps(parameters, sort_keys=True, ensure_ascii=False))
     atomic_write(path, lambda part: image.save(part, format="PNG", pnginfo=info))
 
 

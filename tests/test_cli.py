@@ -46,7 +46,7 @@ def test_train_list_show_apply_export_import_apply_file(image_path, tmp_path):
     assert names == ["ball_a-blue-ball_a0.60_s0.png", "ball_a-blue-ball_a0.60_s1.png",
                      "ball_a-blue-ball_a0.80_s0.png", "ball_a-blue-ball_a0.80_s1.png", "ball_a-blue-ball_grid.png"]
     info = Image.open(stored / "ball_a-blue-ball_a0.80_s1.png").info
-    params = json.loads(info["parameters"])
+    params = json.loads(info["imagic-lora"])
     assert params["model"] == "builtin:tiny" and params["source_prompt"] == PROMPT
     assert (params["profile"], params["prompt"], params["alpha"], params["seed"], params["steps"],
             params["guidance"]) == ("ball", "a blue ball!", 0.8, 1, 3, 7.5)
