@@ -21,7 +21,7 @@ from .validate import MAX_FILE_BYTES, check_name, parse_json, read_header, with_
 
 if TYPE_CHECKING:
     from .profile import Profile
-from .storedb import TABLE, mapped_errors, newer_error, open_database, read_only_error
+from .storedb import DATA_TABLE, TABLE, mapped_errors, newer_error, open_database, read_only_error
 
 USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
 SUMMARY_COLUMNS = (
@@ -47,7 +47,6 @@ def _row(name: str, meta: dict, data: bytes) -> dict:
         "size_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "metadata": json.dumps(meta, sort_keys=True),
-        "data": data,
     }
 
 
@@ -137,7 +136,7 @@ class ProfileStore:
 
     @_guarded
     def get_bytes(self, name: str) -> bytes:
-        row = self.conn.execute(f"select data from {TABLE} where name = ?", [check_name(name)]).fetchone()
+        row = self.conn.execute(f"select data from {DATA_TABLE} where name = ?", [check_name(name)]).fetchone()
         if row is None:
             raise _not_found(name)
         data = row[0]
@@ -154,19 +153,24 @@ class ProfileStore:
         with self.transaction():
             if not replace:
                 self.ensure_free(profile.name)
-            self._insert(_row(profile.name, profile.metadata, data))
+            self._insert(_row(profile.name, profile.metadata, data), data)
 
-    def _insert(self, row: dict) -> None:
-        """Insert or replace one row (inside a transaction; the schema comes from the migrations)."""
+    def _insert(self, row: dict, data: bytes) -> None:
+        """Insert or replace one profile's row and its tensors (inside a transaction)."""
         columns = ", ".join(row)
         self.conn.execute(f"insert or replace into {TABLE} ({columns}) values ({', '.join('?' * len(row))})",
                           list(row.values()))
+        self.conn.execute(f"insert or replace into {DATA_TABLE} (name, data) values (?, ?)", [row["name"], data])
+
+    def _delete(self, name: str) -> None:
+        for table in (TABLE, DATA_TABLE):
+            self.conn.execute(f"delete from {table} where name = ?", [name])
 
     def remove(self, name: str) -> None:
         with self.transaction():
             if not self.exists(check_name(name)):
                 raise _not_found(name)
-            self.conn.execute(f"delete from {TABLE} where name = ?", [name])
+            self._delete(name)
 
     def rename(self, old: str, new: str) -> None:
         """Read, check and rewrite under one write lock, so a concurrent import or removal cannot interleave."""
@@ -176,8 +180,8 @@ class ProfileStore:
             data = with_name(self.get_bytes(old), new, source)
             metadata = parse_json(read_header(data, source).get("profile"), f"{source} has unreadable metadata")
             self.ensure_free(new)
-            self.conn.execute(f"delete from {TABLE} where name = ?", [old])
-            self._insert(_row(new, metadata, data))
+            self._delete(old)
+            self._insert(_row(new, metadata, data), data)
 
     def check_not_store(self, path: str | Path) -> None:
         """Refuse ``path`` if it is the live database or one of its journal files (compared as real paths)."""
@@ -199,7 +203,8 @@ class ProfileStore:
         if self.newer:
             problems.append(str(newer_error(self.path, self.newer)))
         count = 0
-        rows = self.conn.execute(f"select name, sha256, metadata, data from {TABLE} order by name")
+        rows = self.conn.execute(f"select p.name, p.sha256, p.metadata, d.data from {TABLE} p "
+                                 f"left join {DATA_TABLE} d on d.name = p.name order by p.name")
         for name, sha256, metadata, data in rows:
             count += 1
             problem = _row_problem(name, sha256, metadata, data)

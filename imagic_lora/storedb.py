@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 BUSY_TIMEOUT_S = 60.0
 TABLE = "profiles"
+DATA_TABLE = "profile_data"
 MOVE_AWAY = "Try: imagic-lora profiles backup FILE to save what is readable, then move it away (a new store is made)"
 
 MIGRATION_SET = "imagic-lora"
@@ -39,7 +40,14 @@ def m001_profiles(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = (m001_profiles,)  # every migration above, in order
+def m002_profile_data(db: sqlite_utils.Database) -> None:
+    """The tensors move to their own table, so browsing ``profiles`` (sqlite-utils, Datasette) shows no blob."""
+    db[DATA_TABLE].create({"name": str, "data": bytes}, pk="name", not_null={"data"})
+    db.execute(f"insert into {DATA_TABLE} (name, data) select name, data from {TABLE}")
+    db[TABLE].transform(drop={"data"})
+
+
+MIGRATIONS = (m001_profiles, m002_profile_data)  # every migration above, in order
 KNOWN_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
 
 
@@ -125,9 +133,10 @@ def open_database(path: Path) -> Opened:
         pending = [name for name in KNOWN_MIGRATIONS if name not in applied]
         if pending and not opened.read_only and not opened.newer:
             _migrate(opened.conn)
-        if not _has_table(opened.conn, TABLE):
-            raise StoreError(f"the profile store {path} has no '{TABLE}' table: it is damaged or not "
-                             "imagic-lora's. Try: move it away (a new store is made)")
+        for table in (TABLE, DATA_TABLE):
+            if not _has_table(opened.conn, table) and not pending:
+                raise StoreError(f"the profile store {path} has no '{table}' table: it is damaged or not "
+                                 "imagic-lora's. Try: move it away (a new store is made)")
     return opened
 
 

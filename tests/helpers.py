@@ -31,7 +31,8 @@ def store_snapshot() -> list[tuple]:
     if not path.exists():
         return []
     with sqlite3.connect(path) as conn:
-        return conn.execute("select name, data from profiles order by name").fetchall()
+        return conn.execute("select p.name, d.data from profiles p left join profile_data d on d.name = p.name "
+                            "order by p.name").fetchall()
 
 
 def pixels(path) -> np.ndarray:

@@ -102,7 +102,7 @@ def test_verify_reports_a_damaged_profile(trained, tmp_path):
     store = ProfileStore()
     store.save(trained)
     assert store.verify() == (1, [])
-    store.conn.execute("update profiles set data = substr(data, 1, 5000) where name = 'ball'")
+    store.conn.execute("update profile_data set data = substr(data, 1, 5000) where name = 'ball'")
     result = run("profiles", "verify")
     assert result.exit_code == 1
     assert "Problem: profile 'ball': its data does not match its stored checksum" in result.stderr

@@ -82,10 +82,10 @@ def test_metadata_that_is_not_json_and_blobs_that_are_not_bytes(stored):
     for value, kind in (("'text'", "str"), ("NULL", "NULL")):
         with sqlite3.connect(stored) as conn:
             conn.execute("drop table if exists p2")
-            conn.execute("create table p2 as select * from profiles")  # no NOT NULL constraint on the copy
-            conn.execute("drop table profiles")
-            conn.execute("alter table p2 rename to profiles")
-            conn.execute(f"update profiles set data = {value}")
+            conn.execute("create table p2 as select * from profile_data")  # no NOT NULL constraint on the copy
+            conn.execute("drop table profile_data")
+            conn.execute("alter table p2 rename to profile_data")
+            conn.execute(f"update profile_data set data = {value}")
         verify = run("profiles", "verify")
         assert verify.exit_code == 1 and f"Problem: profile 'ball': its data is {kind}, not a profile file" \
             in verify.stderr
@@ -108,11 +108,11 @@ def test_a_store_locked_by_another_process_says_busy(stored, monkeypatch):
 def test_a_store_from_a_newer_version_is_read_but_not_changed(stored):
     with sqlite3.connect(stored) as conn:
         conn.execute("insert into _sqlite_migrations (migration_set, name, applied_at) "
-                     "values ('imagic-lora', 'm002_from_the_future', '2030-01-01')")
+                     "values ('imagic-lora', 'm999_from_the_future', '2030-01-01')")
     snapshot = store_snapshot()
     assert run("profiles", "list").output.startswith("ball: ")
     line = refused(["profiles", "rm", "ball"], f"Error: the profile store {stored} was written by a newer imagic-lora "
-                   "(it has migration m002_from_the_future; this version knows up to m001_profiles)")
+                   "(it has migration m999_from_the_future; this version knows up to m002_profile_data)")
     assert line.endswith("Try: upgrading imagic-lora")
     assert store_snapshot() == snapshot
     assert "Problem: the profile store" in run("profiles", "verify").stderr

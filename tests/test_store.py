@@ -1,3 +1,5 @@
+import hashlib
+import json
 import re
 
 import pytest
@@ -19,12 +21,30 @@ def test_migrations_on_a_blank_database_give_the_exact_schema(tmp_path):
     assert columns == {
         "name": "TEXT", "source_prompt": "TEXT", "base_model": "TEXT", "base_fingerprint": "TEXT",
         "resolution": "INTEGER", "created_at": "TEXT", "format_version": "INTEGER", "library_version": "TEXT",
-        "size_bytes": "INTEGER", "sha256": "TEXT", "metadata": "TEXT", "data": "BLOB",
+        "size_bytes": "INTEGER", "sha256": "TEXT", "metadata": "TEXT",
     }
-    assert db["profiles"].pks == ["name"]
-    assert [m.name for m in migrations().applied(db)] == ["m001_profiles"]
+    assert {c.name: c.type for c in db["profile_data"].columns} == {"name": "TEXT", "data": "BLOB"}
+    assert db["profiles"].pks == db["profile_data"].pks == ["name"]
+    assert [m.name for m in migrations().applied(db)] == ["m001_profiles", "m002_profile_data"]
     migrations().apply(db)  # applying again is a no-op
-    assert [m.name for m in migrations().applied(db)] == ["m001_profiles"]
+    assert [m.name for m in migrations().applied(db)] == ["m001_profiles", "m002_profile_data"]
+
+
+def test_a_store_from_before_m002_keeps_every_profile(trained, tmp_path):
+    """m002 moves each blob to profile_data; a store written by the previous version opens with all profiles."""
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrations().apply(db, stop_before="m002_profile_data")
+    data = trained.to_bytes()
+    row = {"name": "ball", "source_prompt": "p", "base_model": "builtin:tiny", "base_fingerprint": "x",
+           "resolution": 64, "created_at": "t", "format_version": 1, "library_version": "0.1.0",
+           "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+           "metadata": json.dumps(trained.metadata, sort_keys=True), "data": data}
+    db["profiles"].insert(row)
+    db.conn.close()
+    store = ProfileStore(path)
+    assert store.get_bytes("ball") == data
+    assert "data" not in {c.name for c in sqlite_utils.Database(path)["profiles"].columns}
 
 
 def test_store_defaults_to_the_user_dir_from_the_env(isolated_user_dir):
