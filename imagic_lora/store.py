@@ -72,6 +72,7 @@ class ProfileStore:
         self.path = Path(path) if path else user_dir() / "profiles.db"
         opened = open_database(self.path)
         self.conn, self.read_only, self.newer = opened.conn, opened.read_only, opened.newer
+        self.data_table = opened.data_table
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -136,7 +137,7 @@ class ProfileStore:
 
     @_guarded
     def get_bytes(self, name: str) -> bytes:
-        row = self.conn.execute(f"select data from {DATA_TABLE} where name = ?", [check_name(name)]).fetchone()
+        row = self.conn.execute(f"select data from {self.data_table} where name = ?", [check_name(name)]).fetchone()
         if row is None:
             raise _not_found(name)
         data = row[0]
@@ -204,7 +205,7 @@ class ProfileStore:
             problems.append(str(newer_error(self.path, self.newer)))
         count = 0
         rows = self.conn.execute(f"select p.name, p.sha256, p.metadata, d.data from {TABLE} p "
-                                 f"left join {DATA_TABLE} d on d.name = p.name order by p.name")
+                                 f"left join {self.data_table} d on d.name = p.name order by p.name")
         for name, sha256, metadata, data in rows:
             count += 1
             problem = _row_problem(name, sha256, metadata, data)

@@ -110,6 +110,7 @@ class Opened:
     conn: sqlite3.Connection
     read_only: bool
     newer: list[str] = field(default_factory=list)  # migrations applied by a newer imagic-lora
+    data_table: str = DATA_TABLE  # where the tensors are: TABLE itself in a store not yet at m002
 
 
 def open_database(path: Path) -> Opened:
@@ -133,8 +134,10 @@ def open_database(path: Path) -> Opened:
         pending = [name for name in KNOWN_MIGRATIONS if name not in applied]
         if pending and not opened.read_only and not opened.newer:
             _migrate(opened.conn)
-        for table in (TABLE, DATA_TABLE):
-            if not _has_table(opened.conn, table) and not pending:
+        if "m002_profile_data" not in applied_migrations(opened.conn):  # a read-only store from before m002
+            opened.data_table = TABLE
+        for table in (TABLE, opened.data_table):
+            if not _has_table(opened.conn, table):
                 raise StoreError(f"the profile store {path} has no '{table}' table: it is damaged or not "
                                  "imagic-lora's. Try: move it away (a new store is made)")
     return opened

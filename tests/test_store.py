@@ -1,6 +1,8 @@
 import hashlib
 import json
 import re
+import shutil
+import sqlite3
 
 import pytest
 import sqlite_utils
@@ -11,7 +13,7 @@ from diffusers import UNet2DConditionModel
 from imagic_lora import Profile, ProfileExists, ProfileNotFound, ProfileStore, read_profile_file
 from imagic_lora.errors import StoreError
 from imagic_lora.lora import add_lora, lora_state_dict
-from imagic_lora.storedb import migrations
+from imagic_lora.storedb import migrations, newer_error
 
 
 def test_migrations_on_a_blank_database_give_the_exact_schema(tmp_path):
@@ -42,9 +44,21 @@ def test_a_store_from_before_m002_keeps_every_profile(trained, tmp_path):
            "metadata": json.dumps(trained.metadata, sort_keys=True), "data": data}
     db["profiles"].insert(row)
     db.conn.close()
+    frozen = tmp_path / "frozen.db"
+    shutil.copy(path, frozen)
     store = ProfileStore(path)
     assert store.get_bytes("ball") == data
     assert "data" not in {c.name for c in sqlite_utils.Database(path)["profiles"].columns}
+
+    # a store that cannot be migrated (here: marked by a newer version) is still read from where its data is
+    with sqlite3.connect(frozen) as conn:
+        conn.execute("insert into _sqlite_migrations (migration_set, name, applied_at) "
+                     "values ('imagic-lora', 'm999_future', 'later')")
+    old_store = ProfileStore(frozen)
+    assert old_store.get_bytes("ball") == data
+    assert old_store.verify() == (1, [str(newer_error(frozen, ["m999_future"]))])
+    with pytest.raises(StoreError, match="newer imagic-lora"):
+        old_store.remove("ball")
 
 
 def test_store_defaults_to_the_user_dir_from_the_env(isolated_user_dir):
