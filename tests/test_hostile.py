@@ -270,3 +270,13 @@ def test_a_full_disk_during_backup_leaves_no_file(stored, tmp_path, monkeypatch)
     refused(["profiles", "backup", target], f"Error: cannot write {target}: No space left on device. "
             "Try: free some disk space")
     assert list(tmp_path.glob("backup.db*")) == []
+
+
+def test_control_characters_in_stored_text_are_shown_escaped(trained):
+    profile = trained.renamed("ball")
+    profile.metadata = {**profile.metadata, "source_prompt": "a dog\x1b[2J\x07 \u202egod a\r"}
+    ProfileStore().save(profile)
+    for args in (["profiles", "list"], ["profiles", "show", "ball"]):
+        output = run(*args).stdout
+        assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output and "\r" not in output
+        assert "a dog\\x1b[2J\\x07 \\u202egod a\\r" in output, output
