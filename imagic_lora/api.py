@@ -14,7 +14,7 @@ from PIL import Image
 from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
-from .files import check_folder, make_folder
+from .files import check_folder, make_folder, write_first
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
 from .lora import TARGET_MODULES, fused_lora
 from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
@@ -65,8 +65,8 @@ def train(
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
 
     # 4. build and store the profile; if the store fails, keep the training in a file
-    metadata = _metadata(base, prompt, config, resolution, image_sha256, stage1.final_loss, stage2.final_loss)
-    metadata["base_fingerprint"] = fingerprint
+    metadata = _metadata(base, fingerprint, prompt, config, resolution, image_sha256,
+                         stage1.final_loss, stage2.final_loss)
     profile = Profile(
         name=name, e_opt=e_opt.cpu(), source_embedding=source_embedding.cpu(), lora=lora,
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
@@ -82,26 +82,20 @@ def _rescued(profile: Profile, ex: Exception) -> Exception:
     """Write ``profile`` to a file after the store refused it; the error to raise says where it is."""
     reason = str(ex) if isinstance(ex, ImagicError) else f"{type(ex).__name__}: {ex}"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    data = profile.to_bytes()
-    for folder in (user_dir() / "rescued", Path.cwd(), Path(tempfile.gettempdir())):
-        path = folder / f"{profile.name}-{stamp}.imagic.safetensors"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        except OSError:
-            continue
-        return ProfileNotSaved(
-            f"profile {profile.name!r} was trained but not stored ({reason}); it is kept in {path}. "
-            f"Try: imagic-lora profiles import {path}"
-        )
-    return ex
+    folders = [user_dir() / "rescued", Path.cwd(), Path(tempfile.gettempdir())]
+    path = write_first(folders, f"{profile.name}-{stamp}.imagic.safetensors", profile.to_bytes())
+    if path is None:
+        return ex
+    return ProfileNotSaved(f"profile {profile.name!r} was trained but not stored ({reason}); it is kept in {path}. "
+                           f"Try: imagic-lora profiles import {path}")
 
 
-def _metadata(base, prompt, config, resolution, image_sha256, loss1, loss2) -> dict:
+def _metadata(base, fingerprint, prompt, config, resolution, image_sha256, loss1, loss2) -> dict:
     return {
         "format_version": 1,
         "source_prompt": prompt,
         "base_model": base.model_id,
+        "base_fingerprint": fingerprint,
         "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": list(TARGET_MODULES)},
         "training": {
             "embedding_steps": config.embedding_steps, "embedding_lr": config.embedding_lr,

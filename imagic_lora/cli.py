@@ -14,7 +14,7 @@ import click
 from .config import FITS, OPTIMIZERS, ApplyConfig, TrainConfig
 from .crash import crash_message
 from .errors import ImagicError
-from .families import FAMILIES
+from .families import BENCH_FAMILIES
 from .store import ProfileStore, read_profile_file, stored_metadata
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -392,7 +392,7 @@ def bench_schedules(cases, seed, out) -> None:
 
 
 @bench.command(name="train")
-@click.option("--family", type=click.Choice([*FAMILIES, "tiny"]), default="sd15", show_default=True,
+@click.option("--family", type=click.Choice(BENCH_FAMILIES), default="sd15", show_default=True,
               help="Architecture, built from shipped configs (tiny: the built-in test model, for dry runs).")
 @click.option("--resolution", type=int, default=None,
               help="Image size in pixels [default: the family's: 512 for sd15, 768 for sd21].")

@@ -11,8 +11,9 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .files import write_first
 
-OOM_HINT = ("Try: a lower --resolution or --samples-per-step, --gradient-checkpointing, or --device cpu; ")
+OOM_HINT = "Try: a lower --resolution or --samples-per-step, --gradient-checkpointing, or --device cpu; "
 
 
 def _log_folders() -> list[Path]:
@@ -33,15 +34,7 @@ def write_log(ex: BaseException) -> Path | None:
         "",
         "".join(traceback.format_exception(type(ex), ex, ex.__traceback__)),
     ])
-    for folder in _log_folders():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"crash-{stamp}-{os.getpid()}.log"
-            path.write_text(text, encoding="utf-8")
-            return path
-        except OSError:
-            continue
-    return None
+    return write_first(_log_folders(), f"crash-{stamp}-{os.getpid()}.log", text.encode("utf-8"))
 
 
 def crash_message(ex: BaseException) -> str:

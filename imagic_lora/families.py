@@ -25,20 +25,31 @@ V_PREDICTION_MARKER = "v_pred"  # an empty tensor some tools write into v-predic
 
 @dataclass(frozen=True)
 class Family:
-    """One architecture: its name, the text encoder it conditions on and what its UNet predicts."""
+    """One architecture: its name, the text encoder it conditions on, what its UNet predicts, and the
+    names other tools give it (sd-scripts' base model version, the model spec's architecture by prediction)."""
 
     name: str
     label: str
     text_width: int
     text_prefix: str
     prediction_type: str
-    resolution: int
+    kohya_version: str
+    modelspec: dict[str, str]
 
 
 FAMILIES = {
-    "sd15": Family("sd15", "SD 1.x (CLIP ViT-L, 768-d)", 768, CLIP_TEXT, "epsilon", 512),
-    "sd21": Family("sd21", "SD 2.x (OpenCLIP ViT-H, 1024-d)", 1024, OPEN_CLIP_TEXT, "v_prediction", 768),
+    "sd15": Family("sd15", "SD 1.x (CLIP ViT-L, 768-d)", 768, CLIP_TEXT, "epsilon", "sd_v1",
+                   {"epsilon": "stable-diffusion-v1", "v_prediction": "stable-diffusion-v1"}),
+    "sd21": Family("sd21", "SD 2.x (OpenCLIP ViT-H, 1024-d)", 1024, OPEN_CLIP_TEXT, "v_prediction", "sd_v2",
+                   {"epsilon": "stable-diffusion-v2-512", "v_prediction": "stable-diffusion-v2-768-v"}),
 }
+DRY_RUN_FAMILY = "tiny"  # the built-in test model, so benchmark scripts can be checked in seconds on a CPU
+BENCH_FAMILIES = (*FAMILIES, DRY_RUN_FAMILY)
+
+
+def family_of_width(width: int) -> Family | None:
+    """The family whose text encoder is ``width`` wide (a profile's embedding width), if any."""
+    return next((family for family in FAMILIES.values() if family.text_width == width), None)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,21 @@ def write_error(path: Path, ex: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {ex.strerror or ex}. {_hint(ex)}")
 
 
+def write_first(folders: list[Path], name: str, data: bytes) -> Path | None:
+    """Write ``data`` as ``name`` into the first of ``folders`` that takes it (made if needed); None if none does.
+
+    For last-resort files (crash logs, a trained profile the store refused), where any place beats none.
+    """
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        except OSError:
+            continue
+        return folder / name
+    return None
+
+
 def check_folder(folder: str | Path, what: str = "--out") -> Path:
     """Prove ``folder`` can take files, before any expensive work, leaving nothing behind.
 

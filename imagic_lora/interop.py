@@ -10,6 +10,7 @@ from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict
 from safetensors.torch import save_file
 
 from .errors import InvalidConfig
+from .families import family_of_width
 from .files import atomic_write, check_file
 from .lora import PREFIX, lora_config
 from .profile import Profile
@@ -57,13 +58,9 @@ def kohya_metadata(profile: Profile) -> dict[str, str]:
         "modelspec.sai_model_spec": "1.0.0", "modelspec.title": profile.name,
         "modelspec.resolution": f"{resolution}x{resolution}",
     }
-    v_prediction = profile.metadata["training"].get("prediction_type") == "v_prediction"
-    width = profile.e_opt.shape[-1]
-    if width in (768, 1024):
-        version = ("sd_v1" if width == 768 else "sd_v2") + ("_v" if v_prediction else "")
-        if width == 768:
-            architecture = "stable-diffusion-v1"
-        else:
-            architecture = "stable-diffusion-v2-768-v" if v_prediction else "stable-diffusion-v2-512"
-        metadata.update({"ss_base_model_version": version, "modelspec.architecture": f"{architecture}/lora"})
+    family = family_of_width(profile.e_opt.shape[-1])
+    if family is not None:
+        prediction = profile.metadata["training"].get("prediction_type", family.prediction_type)
+        metadata["ss_base_model_version"] = family.kohya_version + ("_v" if prediction == "v_prediction" else "")
+        metadata["modelspec.architecture"] = f"{family.modelspec[prediction]}/lora"
     return metadata

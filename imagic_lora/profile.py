@@ -23,8 +23,8 @@ from .validate import (
     FORMAT,
     FORMAT_VERSION,
     MAX_FILE_BYTES,
-    _data_section,
     check_name,
+    data_section,
     parse_json,
     read_header,
 )
@@ -80,7 +80,7 @@ class Profile:
             "profile": json.dumps(self.metadata, sort_keys=True),
         }
         # The tensor bytes do not depend on the header, so the checksum of a first save holds for the second.
-        header[CHECKSUM_KEY] = hashlib.sha256(_data_section(save_tensors(tensors, metadata=header))).hexdigest()
+        header[CHECKSUM_KEY] = hashlib.sha256(data_section(save_tensors(tensors, metadata=header))).hexdigest()
         return save_tensors(tensors, metadata=header)
 
     @classmethod

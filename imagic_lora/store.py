@@ -1,4 +1,8 @@
-"""The profile store: one SQLite database in the user directory, through sqlite-utils."""
+"""The profile store: one SQLite database in the user directory.
+
+Its schema comes from sqlite-utils migrations (:mod:`imagic_lora.storedb`); reads and writes use the
+plain ``sqlite3`` connection, so commands that only list or manage profiles start at once.
+"""
 
 from __future__ import annotations
 

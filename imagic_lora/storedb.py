@@ -134,7 +134,7 @@ def open_database(path: Path) -> Opened:
         pending = [name for name in KNOWN_MIGRATIONS if name not in applied]
         if pending and not opened.read_only and not opened.newer:
             _migrate(opened.conn)
-        if "m002_profile_data" not in applied_migrations(opened.conn):  # a read-only store from before m002
+        if m002_profile_data.__name__ not in applied_migrations(opened.conn):  # not migrated: read-only or newer
             opened.data_table = TABLE
         for table in (TABLE, opened.data_table):
             if not _has_table(opened.conn, table):

@@ -90,7 +90,7 @@ def read_header(data: bytes, source: str) -> dict:
     return metadata
 
 
-def _data_section(data: bytes) -> bytes:
+def data_section(data: bytes) -> bytes:
     (length,) = struct.unpack("<Q", data[:8])
     return data[8 + length :]
 
@@ -104,4 +104,4 @@ def with_name(data: bytes, name: str, source: str) -> bytes:
     header["__metadata__"]["name"] = name
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # safetensors keeps the data section 8-byte aligned
-    return struct.pack("<Q", len(text)) + text + _data_section(data)
+    return struct.pack("<Q", len(text)) + text + data_section(data)

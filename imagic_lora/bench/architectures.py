@@ -11,11 +11,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..errors import InvalidConfig
-from ..families import FAMILIES, config_folder
+from ..families import BENCH_FAMILIES, DRY_RUN_FAMILY, FAMILIES, config_folder
 from ..tiny import tiny_pipeline
-
-DRY_RUN_FAMILY = "tiny"  # the built-in test model, so benchmark scripts can be checked in seconds on a CPU
-BENCH_FAMILIES = (*FAMILIES, DRY_RUN_FAMILY)
 
 
 def random_pipeline(family: str, seed: int = 0, device: str = "cpu") -> StableDiffusionPipeline:
