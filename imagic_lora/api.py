@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
 from .files import check_folder, make_folder, write_first
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
+from .limits import MAX_PROMPTS, MAX_TEXT_FILE_BYTES
 from .lora import TARGET_MODULES, fused_lora
 from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
 from .models import BaseModel, load_model
@@ -38,10 +41,7 @@ def train(
     """
     # 1. check inputs before any expensive work
     config = config or TrainConfig()
-    check_name(name)
-    if not prompt or not prompt.strip():
-        raise InvalidConfig("--prompt must describe the image as it is, e.g. 'a photo of a dog'")
-    check_text(prompt, "--prompt")
+    check_request(name, prompt)
     store = store if store is not None else ProfileStore()
     if not replace:
         store.ensure_free(name)
@@ -49,33 +49,54 @@ def train(
     picture = load_image(image, warn)
     image_sha256 = file_sha256(image)
     base = model if isinstance(model, BaseModel) else load_model(model, device, dtype)
-    resolution = config.resolution or base.native_resolution
-    fitted = fit_image(picture, resolution, config.fit, warn)
 
-    # 2. encode the image and the prompt once; sample the base weights before any training
+    # 2. train, then store the profile; if the store fails, keep the training in a file
+    profile = make_profile(name, picture, image_sha256, prompt, base, config, progress, warn)
+    save_or_rescue(store, profile, replace)
+    return profile
+
+
+def check_request(name: str, prompt: str) -> None:
+    """The checks every training request passes before any model is touched."""
+    check_name(name)
+    if not prompt or not prompt.strip():
+        raise InvalidConfig("--prompt must describe the image as it is, e.g. 'a photo of a dog'")
+    check_text(prompt, "--prompt")
+
+
+def make_profile(
+    name: str, picture: Image.Image, image_sha256: str, prompt: str, base: BaseModel, config: TrainConfig,
+    progress: bool = True, warn: Callable[[str], None] | None = None,
+) -> Profile:
+    """Imagic's two training stages on an already loaded ``picture``: the profile, not yet stored."""
+    # 1. encode the image and the prompt once; sample the base weights before any training
+    resolution = config.resolution or base.native_resolution
+    fitted = fit_image(picture, resolution, config.fit, warn or (lambda message: None))
     warn_truncated(base, prompt, "--prompt", warn)
     latents = encode_image(base, to_tensor(fitted))
     source_embedding = encode_prompt(base, prompt)
     base_sample, fingerprint = base.weight_sample(), base.fingerprint()
 
-    # 3. the two Imagic stages, with the encoders off the accelerator
+    # 2. the two Imagic stages, with the encoders off the accelerator
     generator = torch.Generator("cpu").manual_seed(config.seed)
     with encoders_offloaded(base, config.offload_encoders):
         e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
 
-    # 4. build and store the profile; if the store fails, keep the training in a file
-    metadata = _metadata(base, fingerprint, prompt, config, resolution, image_sha256,
-                         stage1.final_loss, stage2.final_loss)
-    profile = Profile(
+    # 3. the profile, with everything needed to apply, check and reproduce it
+    metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
+    return Profile(
         name=name, e_opt=e_opt.cpu(), source_embedding=source_embedding.cpu(), lora=lora,
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
     )
+
+
+def save_or_rescue(store: ProfileStore, profile: Profile, replace: bool) -> None:
+    """Store ``profile``; if the store refuses it, write it to a file and say where."""
     try:
         store.save(profile, replace=replace)
     except Exception as ex:  # a full disk, a locked or read-only store, a name taken meanwhile
         raise _rescued(profile, ex) from ex
-    return profile
 
 
 def _rescued(profile: Profile, ex: Exception) -> Exception:
@@ -90,11 +111,9 @@ def _rescued(profile: Profile, ex: Exception) -> Exception:
                            f"Try: imagic-lora profiles import {path}")
 
 
-def _metadata(base, fingerprint, prompt, config, resolution, image_sha256, loss1, loss2) -> dict:
+def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) -> dict:
+    """What decides a profile's training, in its metadata's form: equal settings and image, equal profile."""
     return {
-        "format_version": 1,
-        "source_prompt": prompt,
-        "base_model": base.model_id,
         "base_fingerprint": fingerprint,
         "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": list(TARGET_MODULES)},
         "training": {
@@ -104,8 +123,17 @@ def _metadata(base, fingerprint, prompt, config, resolution, image_sha256, loss1
             "device": base.device.type, "dtype": str(base.dtype),
             "prediction_type": base.pipe.scheduler.config.prediction_type,
         },
+        "resolution": config.resolution or base.native_resolution,
+    }
+
+
+def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> dict:
+    return {
+        "format_version": 1,
+        "source_prompt": prompt,
+        "base_model": base.model_id,
+        **training_settings(base, fingerprint, config),
         "losses": {"embedding": loss1, "lora": loss2},
-        "resolution": resolution,
         "image_sha256": image_sha256,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "library_version": __version__,
@@ -170,27 +198,69 @@ def apply(
     force: bool = False, progress: bool = True, warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Edit with ``profile`` toward ``prompt``; write one PNG per (α, seed) and a grid; return the paths."""
+    return apply_prompts(profile, [prompt], out_dir=out_dir, model=model, config=config, device=device,
+                         dtype=dtype, force=force, progress=progress, warn=warn)
+
+
+def apply_prompts(
+    profile: Profile, prompts: Sequence[str], *, out_dir: str | Path = ".", model: str | BaseModel | None = None,
+    config: ApplyConfig | None = None, device: str | None = None, dtype: str | None = None,
+    force: bool = False, progress: bool = True, warn: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Edit with ``profile`` toward each of ``prompts`` with one model load; each prompt's PNGs are written
+    as soon as they are made. Returns every path written."""
     # 1. check inputs and the base model
     config = config or ApplyConfig()
-    if not prompt or not prompt.strip():
-        raise InvalidConfig("the edit prompt must not be empty, e.g. 'a jumping dog'")
-    check_text(prompt, "the edit prompt")
+    if not prompts:
+        raise InvalidConfig("no edit prompt given. Try: a prompt such as 'a jumping dog'")
+    for prompt in prompts:
+        if not prompt or not prompt.strip():
+            raise InvalidConfig("the edit prompt must not be empty, e.g. 'a jumping dog'")
+        check_text(prompt, "the edit prompt")
     check_text(config.negative_prompt, "--negative-prompt")
     out = check_folder(out_dir)
     base = model if isinstance(model, BaseModel) else load_model(model or profile.metadata["base_model"], device, dtype)
     warning = check_compatible(profile, base, force)
     if warning and warn:
         warn(warning)
-    for text, what in ((prompt, "the edit prompt"), (config.negative_prompt, "--negative-prompt")):
-        warn_truncated(base, text, what, warn)
+    for prompt in prompts:
+        warn_truncated(base, prompt, "the edit prompt", warn)
+    warn_truncated(base, config.negative_prompt, "--negative-prompt", warn)
 
     # 2. generate with the adapter fused into the weights, leaving the base model as it was afterwards
-    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
-        results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress)
-
-    # 3. write the images
     make_folder(out)
-    return _write_outputs(profile, prompt, base, config, results, out)
+    paths = []
+    stems = _unique_stems(profile.name, prompts)
+    several = len(prompts) > 1
+    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
+        for prompt, stem in tqdm(list(zip(prompts, stems, strict=True)), desc="prompts", unit="prompt",
+                                 disable=not (progress and several), dynamic_ncols=True):
+            results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress)
+            paths += _write_outputs(profile, prompt, base, config, results, out, stem)
+    return paths
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Edit prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidConfig(f"prompts file {str(path)!r} not found. Try: a text file with one prompt per line")
+    if path.stat().st_size > MAX_TEXT_FILE_BYTES:
+        raise InvalidConfig(f"prompts file {path} is over {MAX_TEXT_FILE_BYTES // 2**20} MiB. Try: splitting it")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as ex:
+        line = data[: ex.start].count(b"\n") + 1
+        raise InvalidConfig(f"prompts file {path} is not UTF-8 text (line {line}). Try: saving it as UTF-8") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [line for line in prompts if line and not line.startswith("#")]
+    if not prompts:
+        raise InvalidConfig(f"prompts file {path} has no prompts. Try: one edit prompt per line")
+    if len(prompts) > MAX_PROMPTS:
+        raise InvalidConfig(f"prompts file {path} has {len(prompts)} prompts, over the limit of {MAX_PROMPTS}. "
+                            "Try: splitting it")
+    return prompts
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -198,8 +268,17 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "edit"
 
 
-def _write_outputs(profile, prompt, base, config, results, out: Path) -> list[Path]:
-    stem = f"{profile.name}_{slug(prompt)}"
+def _unique_stems(name: str, prompts: Sequence[str]) -> list[str]:
+    """One file-name stem per prompt; prompts with the same slug get ``-2``, ``-3``... so none overwrites another."""
+    stems, seen = [], collections.Counter()
+    for prompt in prompts:
+        stem = f"{name}_{slug(prompt)}"
+        seen[stem] += 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
+
+
+def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str) -> list[Path]:
     paths = []
     for alpha, seed, image in results:
         path = out / f"{stem}_a{alpha:.2f}_s{seed}.png"

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import fields
 
@@ -77,36 +78,46 @@ def cli() -> None:
     _quiet_libraries()
 
 
+def training_options(func):
+    """The options of both training commands: model, the two stages' settings, memory switches."""
+    options = [
+        click.option("--model", default=None, help="Hub id, diffusers folder, .safetensors file or builtin:tiny "
+                     "[default: $IMAGIC_LORA_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5]."),
+        click.option("--embedding-steps", type=int, default=_default(TrainConfig, "embedding_steps"), show_default=True,
+                     help="Stage 1: Adam steps fitting the text embedding to the image."),
+        click.option("--embedding-lr", type=float, default=_default(TrainConfig, "embedding_lr"), show_default=True),
+        click.option("--lora-steps", type=int, default=_default(TrainConfig, "lora_steps"), show_default=True,
+                     help="Stage 2: steps training the LoRA adapter."),
+        click.option("--lora-lr", type=float, default=_default(TrainConfig, "lora_lr"), show_default=True),
+        click.option("--rank", type=int, default=_default(TrainConfig, "rank"), show_default=True, help="LoRA rank."),
+        click.option("--lora-alpha", type=float, default=_default(TrainConfig, "lora_alpha"), show_default=True,
+                     help="LoRA scale numerator (scale = alpha / rank)."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_default(TrainConfig, "optimizer"),
+                     show_default=True, help="Stage 2 optimizer: bitsandbytes 8-bit AdamW or torch AdamW."),
+        click.option("--resolution", type=int, default=None, help="Training size in pixels [default: the model's]."),
+        click.option("--fit", type=click.Choice(FITS), default=_default(TrainConfig, "fit"), show_default=True,
+                     help="Make a non-square image square by center-cropping or padding."),
+        click.option("--seed", type=int, default=_default(TrainConfig, "seed"), show_default=True,
+                     help="Seed of the timesteps and noise drawn in training."),
+        click.option("--samples-per-step", type=int, default=_default(TrainConfig, "samples_per_step"),
+                     show_default=True, help="Noise samples (timesteps) batched into each training step."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+                     help="Recompute UNet activations in backward to save memory [default: on for GPUs]."),
+        click.option("--offload-encoders/--no-offload-encoders", default=True, show_default=True,
+                     help="Move the VAE and text encoder off the GPU while training."),
+    ]
+    func = model_options(func)
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @click.argument("name")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--prompt", required=True, help="What the image shows as it is, e.g. 'a photo of a dog'.")
-@click.option("--model", default=None, help="Hub id, diffusers folder, .safetensors file or builtin:tiny "
-              "[default: $IMAGIC_LORA_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5].")
-@click.option("--embedding-steps", type=int, default=_default(TrainConfig, "embedding_steps"), show_default=True,
-              help="Stage 1: Adam steps fitting the text embedding to the image.")
-@click.option("--embedding-lr", type=float, default=_default(TrainConfig, "embedding_lr"), show_default=True)
-@click.option("--lora-steps", type=int, default=_default(TrainConfig, "lora_steps"), show_default=True,
-              help="Stage 2: steps training the LoRA adapter.")
-@click.option("--lora-lr", type=float, default=_default(TrainConfig, "lora_lr"), show_default=True)
-@click.option("--rank", type=int, default=_default(TrainConfig, "rank"), show_default=True, help="LoRA rank.")
-@click.option("--lora-alpha", type=float, default=_default(TrainConfig, "lora_alpha"), show_default=True,
-              help="LoRA scale numerator (scale = alpha / rank).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_default(TrainConfig, "optimizer"),
-              show_default=True, help="Stage 2 optimizer: bitsandbytes 8-bit AdamW or torch AdamW.")
-@click.option("--resolution", type=int, default=None, help="Training size in pixels [default: the model's].")
-@click.option("--fit", type=click.Choice(FITS), default=_default(TrainConfig, "fit"), show_default=True,
-              help="Make a non-square image square by center-cropping or padding.")
-@click.option("--seed", type=int, default=_default(TrainConfig, "seed"), show_default=True,
-              help="Seed of the timesteps and noise drawn in training.")
-@click.option("--samples-per-step", type=int, default=_default(TrainConfig, "samples_per_step"), show_default=True,
-              help="Noise samples (timesteps) batched into each training step.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-              help="Recompute UNet activations in backward to save memory [default: on for GPUs].")
-@click.option("--offload-encoders/--no-offload-encoders", default=True, show_default=True,
-              help="Move the VAE and text encoder off the GPU while training.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing profile of that name.")
-@model_options
+@training_options
 @user_errors
 def train(name, image, prompt, model, replace, device, dtype, **settings) -> None:
     """Train the edit profile NAME from IMAGE (Imagic stages 1 and 2)."""
@@ -117,6 +128,55 @@ def train(name, image, prompt, model, replace, device, dtype, **settings) -> Non
     losses = profile.metadata["losses"]
     click.echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses['embedding'])}, "
                f"LoRA loss {_fmt(losses['lora'])}). Try: imagic-lora apply profile {profile.name} \"...\"")
+
+
+@cli.command(name="train-batch")
+@click.argument("batch_file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Write one profile file per row here (atomically) instead of into the store: for several "
+              "machines sharing a network folder. Then: imagic-lora profiles import DIR.")
+@click.option("--replace", is_flag=True,
+              help="Retrain rows whose profile exists from another image or with other settings.")
+@training_options
+@user_errors
+def train_batch(batch_file, out_dir, replace, model, device, dtype, **settings) -> None:
+    """Train one profile per row of FILE: CSV with the header name,image,prompt, or JSON Lines.
+
+    Rows already trained from the same image with the same settings are skipped, so running the
+    same command again after a crash finishes only what is missing. Under `accelerate launch` the
+    rows are split over the processes; the model is loaded once per process.
+    """
+    from pathlib import Path
+
+    from .batch import BatchJob, FolderTarget, StoreTarget, read_batch, run_batch
+
+    config = TrainConfig(**settings)
+    rows = read_batch(batch_file)
+    if out_dir:
+        from .files import check_folder
+
+        target = FolderTarget(check_folder(out_dir, "--out-dir"))
+    else:
+        target = StoreTarget(ProfileStore())
+    report = lambda line: _tqdm_echo(shown(line))
+    job = BatchJob(model, config, device=device, dtype=dtype, replace=replace, report=report)
+    summary, main_process = run_batch(rows, job, target)
+    if not main_process:  # the main process reports the whole batch, and its exit code says if a row failed
+        return
+    click.echo(f"Batch {Path(batch_file).name}: {summary.line()}")
+    if summary.failed:
+        numbers = ", ".join(str(r.number) for r in summary.failed[:10]) + (" ..." if len(summary.failed) > 10 else "")
+        rows = "row" if len(summary.failed) == 1 else "rows"
+        raise click.ClickException(f"{len(summary.failed)} of {len(summary.results)} rows failed ({rows} {numbers}; "
+                                   "reasons above). Try: fixing them and running the same command again: "
+                                   "finished rows are skipped")
+
+
+def _tqdm_echo(line: str) -> None:
+    """A line on stderr that does not break the progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def _warn(message: str) -> None:
@@ -149,6 +209,9 @@ def apply_options(func):
                      help="Folder for the PNGs."),
         click.option("--model", default=None, help="Base model [default: the one the profile was made with]."),
         click.option("--force", is_flag=True, help="Apply even if the base model's weights differ."),
+        click.option("--prompts-file", type=click.Path(dir_okay=False), default=None,
+                     help="Edit toward every prompt in this text file (one per line, # for comments), "
+                     "loading the model once."),
     ]
     func = model_options(func)
     for option in reversed(options):
@@ -156,11 +219,15 @@ def apply_options(func):
     return func
 
 
-def _run_apply(profile, prompt, out, model, device, dtype, force, **settings) -> None:
-    from .api import apply as apply_profile
+def _run_apply(profile, prompt, prompts_file, out, model, device, dtype, force, **settings) -> None:
+    from .api import apply_prompts, read_prompts
 
     config = ApplyConfig(**settings)
-    paths = apply_profile(profile, prompt, out_dir=out, model=model, config=config, device=device,
+    if prompt is None and prompts_file is None:
+        raise click.ClickException("give an edit PROMPT or --prompts-file. Try: imagic-lora apply profile "
+                                   "NAME \"a jumping dog\"")
+    prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
+    paths = apply_prompts(profile, prompts, out_dir=out, model=model, config=config, device=device,
                           dtype=dtype, force=force, warn=_warn)
     for path in paths:
         click.echo(str(path))
@@ -173,21 +240,21 @@ def apply() -> None:
 
 @apply.command(name="profile")
 @click.argument("name", shell_complete=complete_profile_names)
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @apply_options
 @user_errors
 def apply_stored(name, prompt, **options) -> None:
-    """Apply the stored profile NAME to PROMPT."""
+    """Apply the stored profile NAME to PROMPT (or to each prompt of --prompts-file)."""
     _run_apply(ProfileStore().get(name), prompt, **options)
 
 
 @apply.command(name="file")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @apply_options
 @user_errors
 def apply_file(path, prompt, **options) -> None:
-    """Apply the shared profile file PATH to PROMPT without importing it."""
+    """Apply the shared profile file PATH to PROMPT (or --prompts-file) without importing it."""
     _run_apply(read_profile_file(path), prompt, **options)
 
 
@@ -295,14 +362,27 @@ def profiles_export(name, path, lora_only, lora_format) -> None:
 
 
 @profiles.command(name="import")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--name", default=None, help="Store it under this name instead of the file's.")
+@click.argument("path", type=click.Path())
+@click.option("--name", default=None, help="Store it under this name instead of the file's (one file only).")
 @click.option("--replace", is_flag=True, help="Overwrite an existing profile of that name.")
 @user_errors
 def profiles_import(path, name, replace) -> None:
-    """Validate a shared profile file and add it to the store."""
-    profile = ProfileStore().import_file(path, name=name, replace=replace)
-    click.echo(f"Imported profile {profile.name!r}")
+    """Validate a shared profile file, or every .safetensors file in a folder, and add it to the store."""
+    from pathlib import Path
+
+    if not Path(path).is_dir():
+        profile = ProfileStore().import_file(path, name=name, replace=replace)
+        click.echo(f"Imported profile {profile.name!r}")
+        return
+    if name is not None:
+        raise click.ClickException("--name renames one file, not a folder. Try: importing that file alone")
+    outcomes = ProfileStore().import_folder(path, replace=replace)
+    for file, status, detail in outcomes:
+        click.echo(shown(f"{status.capitalize()}: {file.name}: {detail}"), err=status == "refused")
+    counts = {s: sum(o[1] == s for o in outcomes) for s in ("imported", "skipped", "refused")}
+    click.echo(f"{len(outcomes)} files: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if counts["refused"]:
+        raise click.ClickException(f"{counts['refused']} file(s) refused (reasons above); the others were imported")
 
 
 @profiles.command(name="verify")

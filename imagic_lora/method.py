@@ -101,7 +101,7 @@ def _optimize(
     ``scaler`` scales the loss when frozen weights are fp16, so small gradients do not underflow.
     """
     losses: list[float] = []
-    bar = tqdm(range(steps), desc=stage, disable=not progress, leave=True, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=stage, disable=not progress, leave=None, dynamic_ncols=True)  # kept unless nested
     for step in bar:
         loss = loss_fn()
         value = loss.item()
@@ -250,7 +250,7 @@ def generate(
     negative = encode_prompt(base, config.negative_prompt)
     jobs = [(alpha, seed) for alpha in config.alphas for seed in config.seed_list]
     results = []
-    bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress, leave=None, dynamic_ncols=True)
     for start in range(0, len(jobs), config.batch_size):
         batch = jobs[start : start + config.batch_size]
         embeds = torch.cat([interpolate(e_new, e_opt.to(base.device), alpha) for alpha, _ in batch])

@@ -244,6 +244,39 @@ class ProfileStore:
         return profile
 
 
+    def import_folder(self, folder: str | Path, replace: bool = False) -> list[tuple[Path, str, str]]:
+        """Import every ``*.safetensors`` profile file in ``folder`` (not below it), each validated as one file.
+
+        Returns ``(path, status, detail)`` per file: ``imported``, ``skipped`` (the same profile is
+        stored already) or ``refused`` (with the reason). One bad file does not stop the others.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InvalidConfig(f"{folder} is not a folder")
+        paths = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+        if not paths:
+            raise InvalidConfig(f"{folder} holds no .safetensors files. Try: the folder given to "
+                                "train-batch --out-dir")
+        return [(path, *self._import_one(path, replace)) for path in paths]
+
+    def _import_one(self, path: Path, replace: bool) -> tuple[str, str]:
+        try:
+            profile = read_profile_file(path)
+            if self.exists(profile.name):
+                # equal headers (metadata and tensor checksum) mean the same profile; the bytes may differ, as
+                # safetensors writes header keys in no fixed order
+                stored = read_header(self.get_bytes(profile.name), f"stored profile {profile.name!r}")
+                if stored == read_header(profile.to_bytes(), str(path)):
+                    return "skipped", f"profile {profile.name!r} is stored already, identical"
+                if not replace:
+                    return "refused", (f"profile {profile.name!r} exists with other contents. "
+                                       "Try: --replace, or importing this file alone with --name NEW")
+            self.save(profile, replace=replace)
+        except ImagicError as ex:
+            return "refused", str(ex)
+        return "imported", f"profile {profile.name!r}"
+
+
 def _check_backup_target(target: Path, replace: bool) -> None:
     if target.is_dir():
         raise InvalidConfig(f"{target} is a folder. Try: a file name such as profiles-backup.db")

@@ -1,0 +1,331 @@
+"""Many profiles in one run: rows of (name, image, prompt) from CSV or JSON Lines, split over processes.
+
+Under ``accelerate launch`` each process takes its share of the rows (accelerate's
+``split_between_processes``), loads the model once and trains its rows on its own device. A row
+whose profile already exists with the same image and settings is skipped, so a re-run after a
+crash finishes only what is missing; a failing row is reported and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import ImagicError, InvalidConfig
+from .limits import MAX_BATCH_ROWS, MAX_TEXT_FILE_BYTES
+from .validate import check_name
+
+COLUMNS = ("name", "image", "prompt")
+PROFILE_SUFFIX = ".imagic.safetensors"
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One requested profile; ``problem`` says why the row cannot be trained as written."""
+
+    number: int  # as a spreadsheet numbers it (CSV, the header is row 1), or its line (JSON Lines)
+    name: str
+    image: Path
+    prompt: str
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"row {self.number} ({self.name})" if self.name else f"row {self.number}"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    number: int
+    name: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchSummary:
+    results: list[RowResult] = field(default_factory=list)
+    processes: int = 1
+
+    def count(self, status: str) -> int:
+        return sum(result.status == status for result in self.results)
+
+    @property
+    def failed(self) -> list[RowResult]:
+        return [result for result in self.results if result.status == FAILED]
+
+    def line(self) -> str:
+        processes = f" on {self.processes} processes" if self.processes > 1 else ""
+        return (f"{len(self.results)} rows{processes}: {self.count(DONE)} done, {self.count(SKIPPED)} skipped, "
+                f"{self.count(FAILED)} failed")
+
+
+# --- reading the batch file -------------------------------------------------------------------------------
+
+def read_batch(path: str | Path) -> list[BatchRow]:
+    """The rows of a CSV (header ``name,image,prompt``) or JSON Lines batch file.
+
+    A file that cannot be read at all raises :class:`InvalidConfig`; a bad row is returned with its
+    ``problem`` so that the others still run. Image paths are relative to the batch file's folder.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    rows = _jsonl_rows(text, path) if path.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows(text, path)
+    if not rows:
+        raise InvalidConfig(f"batch file {path} has no rows. Try: one line per profile: name,image,prompt")
+    if len(rows) > MAX_BATCH_ROWS:
+        raise InvalidConfig(f"batch file {path} has {len(rows)} rows, over the limit of {MAX_BATCH_ROWS}. "
+                            "Try: splitting it")
+    return _mark_duplicates([_checked(row, path.parent) for row in rows])
+
+
+def _read_text(path: Path) -> str:
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise InvalidConfig(f"batch file {str(path)!r} must be .csv or .jsonl. Try: a CSV with the header "
+                            "name,image,prompt, or one JSON object per line")
+    if not path.is_file():
+        raise InvalidConfig(f"batch file {str(path)!r} not found")
+    if path.stat().st_size > MAX_TEXT_FILE_BYTES:
+        raise InvalidConfig(f"batch file {path} is over {MAX_TEXT_FILE_BYTES // 2**20} MiB. Try: splitting it")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as ex:
+        line = data[: ex.start].count(b"\n") + 1
+        raise InvalidConfig(f"batch file {path} is not UTF-8 text (line {line}). Try: saving it as UTF-8") from None
+
+
+def _csv_rows(text: str, path: Path) -> list[BatchRow]:
+    try:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as ex:
+        raise InvalidConfig(f"batch file {path} is not valid CSV ({ex}). "
+                            "Try: quoting fields that hold commas") from None
+    records = [(number, record) for number, record in enumerate(records, start=1) if any(f.strip() for f in record)]
+    if not records:
+        return []
+    header = [field.strip().lower() for field in records[0][1]]
+    _check_columns(header, path)
+    rows = []
+    for number, record in records[1:]:
+        if len(record) != len(header):
+            rows.append(BatchRow(number, "", Path(), "", f"has {len(record)} fields, the header {len(header)}"))
+            continue
+        values = dict(zip(header, record, strict=True))
+        rows.append(BatchRow(number, values["name"].strip(), Path(values["image"].strip()), values["prompt"].strip()))
+    return rows
+
+
+def _check_columns(columns: list[str], path: Path) -> None:
+    missing = [c for c in COLUMNS if c not in columns]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if missing or unknown or len(set(columns)) != len(columns):
+        found = ",".join(columns) or "nothing"
+        raise InvalidConfig(f"batch file {path} has the columns {found}; it needs exactly name,image,prompt "
+                            f"(in any order). Try: a first line 'name,image,prompt'")
+
+
+def _jsonl_rows(text: str, path: Path) -> list[BatchRow]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            rows.append(BatchRow(number, "", Path(), "", "is not a JSON object"))
+            continue
+        if not isinstance(record, dict) or set(record) != set(COLUMNS) or not all(
+                isinstance(record[c], str) for c in COLUMNS):
+            rows.append(BatchRow(number, "", Path(), "",
+                                 'needs exactly the keys "name", "image" and "prompt", each a string'))
+            continue
+        rows.append(BatchRow(number, record["name"].strip(), Path(record["image"].strip()), record["prompt"].strip()))
+    return rows
+
+
+def _checked(row: BatchRow, folder: Path) -> BatchRow:
+    """The row with its image path resolved against the batch file's folder, and its first problem named."""
+    if row.problem:
+        return row
+    image = row.image if row.image.is_absolute() else folder / row.image
+    problem = None
+    try:
+        check_name(row.name)
+        from .api import check_request  # torch-free; imported here to keep this module light
+
+        check_request(row.name, row.prompt)
+    except ImagicError as ex:
+        problem = str(ex)
+    if not str(row.image) or str(row.image) == ".":
+        problem = problem or "has no image path"
+    return BatchRow(row.number, row.name, image, row.prompt, problem)
+
+
+def _mark_duplicates(rows: list[BatchRow]) -> list[BatchRow]:
+    first: dict[str, int] = {}
+    marked = []
+    for row in rows:
+        if row.problem is None and row.name in first:
+            row = BatchRow(row.number, row.name, row.image, row.prompt,
+                           f"uses the name {row.name!r} of row {first[row.name]}; names must be unique")
+        first.setdefault(row.name, row.number)
+        marked.append(row)
+    return marked
+
+
+# --- where finished profiles go ---------------------------------------------------------------------------
+
+class StoreTarget:
+    """Profiles go into the SQLite store (safe for concurrent writers on one machine)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def existing_metadata(self, name: str) -> dict | None:
+        return self.store.info(name)["metadata"] if self.store.exists(name) else None
+
+    def save(self, profile, replace: bool) -> str:
+        from .api import save_or_rescue
+
+        save_or_rescue(self.store, profile, replace)
+        return f"stored in {self.store.path}"
+
+
+class FolderTarget:
+    """One profile file per row, written atomically (temp file + rename): for shared file systems."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}{PROFILE_SUFFIX}"
+
+    def existing_metadata(self, name: str) -> dict | None:
+        from .store import read_profile_file
+
+        if not self.path(name).exists():
+            return None
+        try:
+            return read_profile_file(self.path(name)).metadata
+        except ImagicError:
+            return {}  # unreadable: never equal to a finished profile, so it is trained again
+
+    def save(self, profile, replace: bool) -> str:
+        from .files import atomic_write
+
+        return f"written to {atomic_write(self.path(profile.name), profile.to_bytes())}"
+
+
+# --- running it -------------------------------------------------------------------------------------------
+
+def same_training(existing: dict, expected: dict, image_sha256: str) -> bool:
+    """Whether an existing profile's metadata records this image and these settings (device aside)."""
+    def comparable(meta: dict) -> dict:
+        training = {k: v for k, v in (meta.get("training") or {}).items() if k != "device"}
+        return {key: meta.get(key) for key in expected if key != "training"} | {"training": training}
+
+    return existing.get("image_sha256") == image_sha256 and comparable(existing) == comparable(expected)
+
+
+@dataclass
+class BatchJob:
+    """Everything one process needs to run its rows."""
+
+    model: str | None
+    config: TrainConfig
+    device: str | None = None
+    dtype: str | None = None
+    replace: bool = False
+    progress: bool = True  # the batch's bar; the row's stage bars too when ``row_progress``
+    row_progress: bool = True
+    description: str = "batch"
+    report: Callable[[str], None] = print
+
+
+def run_rows(rows: list[BatchRow], job: BatchJob, target, base=None) -> list[RowResult]:
+    """Train ``rows`` in order with one model (loaded on the first row that needs it); never raises for a row."""
+    from tqdm.auto import tqdm
+
+    results = []
+    for row in tqdm(rows, desc=job.description, unit="row", disable=not job.progress, dynamic_ncols=True):
+        start = time.perf_counter()
+        try:
+            status, reason, base = _run_row(row, job, target, base)
+        except ImagicError as ex:
+            status, reason = FAILED, str(ex)
+        except Exception as ex:  # one row's unexpected failure (out of memory, a broken file) stops only that row
+            status, reason = FAILED, f"unexpected {type(ex).__name__}: {ex}"
+        result = RowResult(row.number, row.name, status, reason, round(time.perf_counter() - start, 2))
+        job.report(_row_line(row, result))
+        results.append(result)
+    return results
+
+
+def _row_line(row: BatchRow, result: RowResult) -> str:
+    if result.status == FAILED:
+        return f"Failed: {row.label}: {result.reason}"
+    if result.status == SKIPPED:
+        return f"Skipped: {row.label}: {result.reason}"
+    return f"Done: {row.label} in {result.seconds:.1f} s, {result.reason}"
+
+
+def _run_row(row: BatchRow, job: BatchJob, target, base):
+    """(status, reason, base): the row trained and saved, or skipped as already done."""
+    from .api import make_profile, training_settings
+    from .images import file_sha256, load_image
+    from .models import load_model
+
+    if row.problem:
+        return FAILED, row.problem, base
+    warnings: list[str] = []
+    picture = load_image(row.image, warnings.append)  # a bad image fails its row before the model loads
+    image_sha256 = file_sha256(row.image)
+    if base is None:
+        base = load_model(job.model, job.device, job.dtype)
+    existing = target.existing_metadata(row.name)
+    if existing is not None:
+        expected = training_settings(base, base.fingerprint(), job.config)
+        if same_training(existing, expected, image_sha256):
+            return SKIPPED, "already trained from this image with these settings", base
+        if not job.replace and existing:
+            return FAILED, (f"profile {row.name!r} exists, made from another image or with other settings. "
+                            "Try: --replace, or another name"), base
+    profile = make_profile(row.name, picture, image_sha256, row.prompt, base, job.config,
+                           progress=job.progress and job.row_progress, warn=warnings.append)
+    where = target.save(profile, replace=existing is not None)
+    for warning in warnings:
+        job.report(f"Warning: {row.label}: {warning}")
+    return DONE, where, base
+
+
+def run_batch(rows: list[BatchRow], job: BatchJob, target) -> tuple[BatchSummary, bool]:
+    """This process's share of ``rows`` (split by accelerate's rank rule), then every process's results.
+
+    Returns the summary of the whole batch and whether this is the main process (the one that reports it).
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    # on a machine without CUDA, processes started by `accelerate launch` talk over gloo on the CPU
+    state = PartialState(cpu=job.device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes > 1:
+        if job.device in (None, "auto"):
+            job.device = "cpu" if state.device.type == "cpu" else str(state.device)
+        job.description = f"batch, process {state.process_index + 1}/{state.num_processes}"
+        job.row_progress = False  # stage bars of several processes would overwrite each other
+    with state.split_between_processes(rows) as mine:
+        results = run_rows(list(mine), job, target)
+    if state.num_processes > 1:
+        results = gather_object(results)
+    results = sorted({r.number: r for r in results}.values(), key=lambda r: r.number)
+    return BatchSummary(results, state.num_processes), state.is_main_process
