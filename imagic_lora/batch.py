@@ -319,7 +319,7 @@ def run_batch(rows: list[BatchRow], job: BatchJob, target) -> tuple[BatchSummary
     # on a machine without CUDA, processes started by `accelerate launch` talk over gloo on the CPU
     state = PartialState(cpu=job.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes > 1:
-        if job.device in (None, "auto"):
+        if job.device in (None, "auto", "cuda"):  # one device per process, not all on the first
             job.device = "cpu" if state.device.type == "cpu" else str(state.device)
         job.description = f"batch, process {state.process_index + 1}/{state.num_processes}"
         job.row_progress = False  # stage bars of several processes would overwrite each other

@@ -495,6 +495,27 @@ def bench_train(out, **settings) -> None:
     click.echo(f"\nWrote {Path(out) / 'train.json'}")
 
 
+@bench.command(name="batch")
+@click.option("--rows", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Shapes photos to train (about 20 s each per variant on 2 CPU cores).")
+@click.option("--model", default="builtin:shapes", show_default=True)
+@click.option("--per-row/--no-per-row", default=True, show_default=True,
+              help="Also time one train command per row.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
+@user_errors
+def bench_batch(rows, model, per_row, out) -> None:
+    """Throughput of train-batch: rows per hour with 1 and 2 processes, and versus one train per row."""
+    from pathlib import Path
+
+    from .bench.batch import BatchBenchConfig, report, run
+
+    results = run(BatchBenchConfig(rows=rows, model=model, per_row_train=per_row))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "batch.json").write_text(json.dumps(results, indent=1))
+    click.echo(report(results))
+    click.echo(f"\nWrote {Path(out) / 'batch.json'}")
+
+
 def main() -> None:
     cli(prog_name="imagic-lora")
 

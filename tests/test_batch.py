@@ -335,3 +335,13 @@ def test_two_processes_write_files_to_out_dir(tmp_path, launch_env):
     assert sorted(p.name for p in out_dir.iterdir()) == [f"{n}.imagic.safetensors" for n in NAMES]
     assert store_snapshot() == []
     assert json.loads(run("profiles", "list", "--json").stdout) == []
+
+
+def test_bench_batch_times_one_and_two_processes_on_the_same_rows(tmp_path):
+    result = run("bench", "batch", "--rows", "2", "--model", "builtin:tiny", "--no-per-row", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "batch.json").read_text())
+    assert [v["processes"] for v in results["variants"]] == [1, 2]
+    assert all(v["seconds"] > 0 and v["rows_per_hour"] == pytest.approx(2 * 3600 / v["seconds"], rel=0.01)
+               for v in results["variants"])
+    assert "train-batch, 2 processes" in result.stdout and "rows/hour" in result.stdout
