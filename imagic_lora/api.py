@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
-from .files import check_folder, make_folder, write_first
+from .files import check_folder, make_folder, read_text, write_first
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
-from .limits import MAX_PROMPTS, MAX_TEXT_FILE_BYTES
+from .limits import MAX_PROMPTS
 from .lora import TARGET_MODULES, fused_lora
 from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
 from .models import BaseModel, load_model
@@ -242,17 +242,7 @@ def apply_prompts(
 
 def read_prompts(path: str | Path) -> list[str]:
     """Edit prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidConfig(f"prompts file {str(path)!r} not found. Try: a text file with one prompt per line")
-    if path.stat().st_size > MAX_TEXT_FILE_BYTES:
-        raise InvalidConfig(f"prompts file {path} is over {MAX_TEXT_FILE_BYTES // 2**20} MiB. Try: splitting it")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as ex:
-        line = data[: ex.start].count(b"\n") + 1
-        raise InvalidConfig(f"prompts file {path} is not UTF-8 text (line {line}). Try: saving it as UTF-8") from None
+    text = read_text(path, "prompts file", "a text file with one edit prompt per line")
     prompts = [line.strip() for line in text.splitlines()]
     prompts = [line for line in prompts if line and not line.startswith("#")]
     if not prompts:

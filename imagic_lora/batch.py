@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .errors import ImagicError, InvalidConfig
-from .limits import MAX_BATCH_ROWS, MAX_TEXT_FILE_BYTES
-from .validate import check_name
+from .files import read_text
+from .limits import MAX_BATCH_ROWS
 
 COLUMNS = ("name", "image", "prompt")
 PROFILE_SUFFIX = ".imagic.safetensors"
@@ -91,16 +91,7 @@ def _read_text(path: Path) -> str:
     if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
         raise InvalidConfig(f"batch file {str(path)!r} must be .csv or .jsonl. Try: a CSV with the header "
                             "name,image,prompt, or one JSON object per line")
-    if not path.is_file():
-        raise InvalidConfig(f"batch file {str(path)!r} not found")
-    if path.stat().st_size > MAX_TEXT_FILE_BYTES:
-        raise InvalidConfig(f"batch file {path} is over {MAX_TEXT_FILE_BYTES // 2**20} MiB. Try: splitting it")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as ex:
-        line = data[: ex.start].count(b"\n") + 1
-        raise InvalidConfig(f"batch file {path} is not UTF-8 text (line {line}). Try: saving it as UTF-8") from None
+    return read_text(path, "batch file", "a CSV with the header name,image,prompt")
 
 
 def _csv_rows(text: str, path: Path) -> list[BatchRow]:
@@ -157,11 +148,10 @@ def _checked(row: BatchRow, folder: Path) -> BatchRow:
     if row.problem:
         return row
     image = row.image if row.image.is_absolute() else folder / row.image
+    from .api import check_request
+
     problem = None
     try:
-        check_name(row.name)
-        from .api import check_request  # torch-free; imported here to keep this module light
-
         check_request(row.name, row.prompt)
     except ImagicError as ex:
         problem = str(ex)

@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import InvalidConfig, OutputError
+from .limits import MAX_TEXT_FILE_BYTES
 
 PART = ".part"
 
@@ -109,3 +110,18 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> Path
             part.unlink(missing_ok=True)
         raise write_error(path, ex) from None
     return path
+
+
+def read_text(path: str | Path, what: str, example: str) -> str:
+    """A UTF-8 text file the user names (a batch or prompts file), bounded; ``InvalidConfig`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidConfig(f"{what} {str(path)!r} not found. Try: {example}")
+    if path.stat().st_size > MAX_TEXT_FILE_BYTES:
+        raise InvalidConfig(f"{what} {path} is over {MAX_TEXT_FILE_BYTES // 2**20} MiB. Try: splitting it")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as ex:
+        line = data[: ex.start].count(b"\n") + 1
+        raise InvalidConfig(f"{what} {path} is not UTF-8 text (line {line}). Try: saving it as UTF-8") from None
