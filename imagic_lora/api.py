@@ -20,11 +20,20 @@ from .files import check_folder, make_folder, read_text, write_first
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
 from .limits import MAX_PROMPTS
 from .lora import TARGET_MODULES, fused_lora
-from .method import encode_image, encode_prompt, encoders_offloaded, finetune_lora, generate, optimize_embedding
+from .method import (
+    encode_image,
+    encode_prompt,
+    encoders_offloaded,
+    finetune_lora,
+    generate,
+    invert,
+    optimize_embedding,
+)
 from .models import BaseModel, load_model
-from .profile import Profile, check_name
+from .profile import FORMAT_VERSION, Profile, check_name
 from .store import ProfileStore, user_dir
 
+INVERSION_STEPS = ApplyConfig.steps  # the default sampling steps, so that applying uses the stored inversion
 SAMPLE_RTOL = 2e-2
 SAMPLE_ATOL = 1e-3
 
@@ -82,12 +91,16 @@ def make_profile(
     with encoders_offloaded(base, config.offload_encoders):
         e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
+        # 3. the input's DDIM inversion under what was learnt: it does not depend on any edit prompt
+        with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
+            start = invert(base, latents, e_opt, INVERSION_STEPS, progress)
 
-    # 3. the profile, with everything needed to apply, check and reproduce it
+    # 4. the profile, with everything needed to apply, check and reproduce it
     metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
     return Profile(
         name=name, e_opt=e_opt.cpu(), source_embedding=source_embedding.cpu(), lora=lora,
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
+        image_latents=latents.cpu(), start_latents=start,
     )
 
 
@@ -129,11 +142,12 @@ def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) ->
 
 def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> dict:
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "source_prompt": prompt,
         "base_model": base.model_id,
         **training_settings(base, fingerprint, config),
         "losses": {"embedding": loss1, "lora": loss2},
+        "inversion": {"steps": INVERSION_STEPS, "scheduler": "DDIMInverseScheduler", "guidance": 1.0},
         "image_sha256": image_sha256,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "library_version": __version__,
@@ -233,11 +247,32 @@ def apply_prompts(
     stems = _unique_stems(profile.name, prompts)
     several = len(prompts) > 1
     with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
+        start = start_latents(profile, base, config, progress, warn)
         for prompt, stem in tqdm(list(zip(prompts, stems, strict=True)), desc="prompts", unit="prompt",
                                  disable=not (progress and several), dynamic_ncols=True):
-            results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress)
-            paths += _write_outputs(profile, prompt, base, config, results, out, stem)
+            results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress, start)
+            used = "noise" if start is None else "inversion"
+            paths += _write_outputs(profile, prompt, base, config, results, out, stem, used)
     return paths
+
+
+def start_latents(profile: Profile, base: BaseModel, config: ApplyConfig, progress: bool = True,
+                  warn: Callable[[str], None] | None = None) -> torch.Tensor | None:
+    """Where sampling starts (None: seeded noise). Call with the adapter fused.
+
+    The stored inversion is used when it was made with the sampling's step count; otherwise the
+    input's latents are inverted again (one pass). A version 1 profile holds neither: noise, said so.
+    """
+    if config.start == "noise":
+        return None
+    if profile.start_latents is None:
+        if warn:
+            warn(f"profile {profile.name!r} (format version 1) holds no inversion of its image; starting from "
+                 "noise. Try: training it again with this version")
+        return None
+    if profile.inversion_steps == config.steps:
+        return profile.start_latents
+    return invert(base, profile.image_latents, profile.e_opt, config.steps, progress)
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -268,11 +303,11 @@ def _unique_stems(name: str, prompts: Sequence[str]) -> list[str]:
     return stems
 
 
-def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str) -> list[Path]:
+def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str, start: str) -> list[Path]:
     paths = []
     for alpha, seed, image in results:
         path = out / f"{stem}_a{alpha:.2f}_s{seed}.png"
-        save_png(image, path, _parameters(profile, prompt, base, config, alpha, seed))
+        save_png(image, path, _parameters(profile, prompt, base, config, alpha, seed, start))
         paths.append(path)
     if config.grid and len(results) > 1:
         path = out / f"{stem}_grid.png"
@@ -283,12 +318,12 @@ def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str)
             tiles.append(("input", source))
             tiles += [(f"alpha {a:.2f}  seed {s}", im) for a, s, im in results if a == alpha]
         save_png(labelled_grid(tiles, len(config.seed_list) + 1, max(size, 128)), path,
-                 _parameters(profile, prompt, base, config, None, None))
+                 _parameters(profile, prompt, base, config, None, None, start))
         paths.append(path)
     return paths
 
 
-def _parameters(profile, prompt, base, config, alpha, seed) -> dict:
+def _parameters(profile, prompt, base, config, alpha, seed, start) -> dict:
     return {
         "profile": profile.name, "prompt": prompt, "source_prompt": profile.metadata["source_prompt"],
         "alpha": alpha if alpha is not None else list(config.alphas),
@@ -296,6 +331,6 @@ def _parameters(profile, prompt, base, config, alpha, seed) -> dict:
         "steps": config.steps, "guidance": config.guidance, "negative_prompt": config.negative_prompt,
         "size": profile.metadata["resolution"], "model": base.model_id,
         "model_hash": profile.metadata["base_fingerprint"].split("-")[-1][:10],
-        "scheduler": type(base.pipe.scheduler).__name__, "start": "noise",
+        "scheduler": type(base.pipe.scheduler).__name__, "start": start,
         "generator": f"imagic-lora {__version__}",
     }

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import click
 
-from .config import FITS, OPTIMIZERS, ApplyConfig, TrainConfig
+from .config import FITS, OPTIMIZERS, STARTS, ApplyConfig, TrainConfig
 from .crash import crash_message
 from .errors import ImagicError
 from .families import BENCH_FAMILIES
@@ -201,6 +201,9 @@ def apply_options(func):
                      help="Classifier-free guidance scale."),
         click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt"),
                      help="What to steer away from."),
+        click.option("--start", type=click.Choice(STARTS), default=_default(ApplyConfig, "start"), show_default=True,
+                     help="Sample from seeded noise, or from the DDIM inversion of the input stored in the "
+                     "profile (keeps more of the photo; deterministic, so one seed)."),
         click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True,
                      help="Images generated together."),
         click.option("--grid/--no-grid", default=_default(ApplyConfig, "grid"), show_default=True,

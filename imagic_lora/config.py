@@ -9,6 +9,7 @@ from .errors import InvalidConfig
 from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_SEED
 
 OPTIMIZERS = ("adamw8bit", "adamw")
+STARTS = ("noise", "inversion")
 FITS = ("crop", "pad")
 
 
@@ -81,6 +82,8 @@ class ApplyConfig:
     negative_prompt: str = ""
     batch_size: int = 4
     grid: bool = True
+    # where sampling starts: seeded noise, or the DDIM inversion of the input kept in the profile
+    start: str = "noise"
 
     def __post_init__(self) -> None:
         self.alphas = tuple(self.alphas) or (0.7,)
@@ -91,6 +94,10 @@ class ApplyConfig:
         _check(1 <= self.steps <= 1000, f"--steps must be in [1, 1000], got {self.steps}")
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
         _check(1 <= self.batch_size <= 64, f"--batch-size must be in [1, 64], got {self.batch_size}")
+        _check(self.start in STARTS, f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        _check(self.start == "noise" or self.seeds == 1,
+               f"--seeds {self.seeds} would give {self.seeds} identical images: with --start inversion sampling "
+               "is deterministic and the seed is not used. Try: --seeds 1, or --start noise")
 
     @property
     def seed_list(self) -> list[int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMInverseScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -233,6 +234,25 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
     return bnb.optim.AdamW8bit(params, lr=config.lora_lr)
 
 
+@torch.no_grad()
+def invert(base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, steps: int,
+           progress: bool = True) -> torch.Tensor:
+    """DDIM inversion of ``latents`` under ``e_opt`` without guidance: the start that deterministic DDIM
+    sampling with ``steps`` steps takes back to the image. Fuse the adapter first, as for sampling.
+
+    The scheduler is diffusers' ``DDIMInverseScheduler`` built from the model's own scheduler config.
+    """
+    scheduler = DDIMInverseScheduler.from_config(base.pipe.scheduler.config)
+    scheduler.set_timesteps(steps, device=base.device)
+    x = latents.to(base.device, base.dtype)
+    condition = e_opt.to(base.device, base.dtype)
+    with _autocast(base):
+        for t in tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None, dynamic_ncols=True):
+            prediction = base.pipe.unet(x, t, encoder_hidden_states=condition).sample
+            x = scheduler.step(prediction, t, x).prev_sample
+    return x.float().cpu()
+
+
 def interpolate(e_new: torch.Tensor, e_opt: torch.Tensor, alpha: float) -> torch.Tensor:
     """Imagic step C, the embedding: ``α·e_new + (1−α)·e_opt``."""
     return alpha * e_new + (1 - alpha) * e_opt
@@ -240,19 +260,21 @@ def interpolate(e_new: torch.Tensor, e_opt: torch.Tensor, alpha: float) -> torch
 
 @torch.no_grad()
 def generate(
-    base: BaseModel, e_opt: torch.Tensor, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True
+    base: BaseModel, e_opt: torch.Tensor, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True,
+    start: torch.Tensor | None = None,
 ) -> list[tuple[float, int, Image.Image]]:
     """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds``.
 
-    Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it.
+    Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it. Sampling
+    starts from seeded noise, or from ``start`` (the input's inversion) when given.
     """
     e_new = encode_prompt(base, prompt)
     negative = encode_prompt(base, config.negative_prompt)
     jobs = [(alpha, seed) for alpha in config.alphas for seed in config.seed_list]
     results = []
     bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress, leave=None, dynamic_ncols=True)
-    for start in range(0, len(jobs), config.batch_size):
-        batch = jobs[start : start + config.batch_size]
+    for first in range(0, len(jobs), config.batch_size):
+        batch = jobs[first : first + config.batch_size]
         embeds = torch.cat([interpolate(e_new, e_opt.to(base.device), alpha) for alpha, _ in batch])
         images = base.pipe(
             prompt_embeds=embeds.to(base.dtype),
@@ -260,6 +282,7 @@ def generate(
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
+            latents=None if start is None else start.to(base.device, base.dtype).expand(len(batch), -1, -1, -1),
             height=resolution,
             width=resolution,
         ).images

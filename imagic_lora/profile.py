@@ -1,7 +1,9 @@
 """An edit profile and its one-file form: safetensors tensors plus JSON metadata, no pickle.
 
 Tensors: ``e_opt`` (fp32), ``source_embedding`` (fp16), ``thumbnail`` (uint8),
-``base_sample`` (fp16) and the LoRA weights under ``unet.*`` in diffusers naming (fp16).
+``base_sample`` (fp16) and the LoRA weights under ``unet.*`` in diffusers naming (fp16); from format
+version 2 also ``image_latents`` (the VAE latents trained on) and ``start_latents`` (their DDIM
+inversion under e_opt and the adapter), both fp16.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ LORA_KEY = re.compile(r"unet\.[A-Za-z0-9_.]+\.lora\.(down|up)\.weight")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TOKENS, MAX_DIM, MAX_LORA_DIM = 1024, 8192, 65536
 FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
+LATENT_TENSORS = ("image_latents", "start_latents")  # format version 2
+MAX_LATENT_CHANNELS, MAX_LATENT_SIDE = 64, MAX_RESOLUTION // 4
+MAX_INVERSION_STEPS = 1000
 REQUIRED_METADATA = {
     "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
     "losses": dict, "resolution": int, "image_sha256": str, "created_at": str, "library_version": str,
@@ -52,6 +57,17 @@ class Profile:
     thumbnail: torch.Tensor
     base_sample: torch.Tensor
     metadata: dict = field(default_factory=dict)
+    image_latents: torch.Tensor | None = None  # None in format version 1 files
+    start_latents: torch.Tensor | None = None
+
+    @property
+    def format_version(self) -> int:
+        return 1 if self.start_latents is None else FORMAT_VERSION
+
+    @property
+    def inversion_steps(self) -> int | None:
+        """The DDIM steps ``start_latents`` was inverted with (None for a version 1 profile)."""
+        return None if self.start_latents is None else int(self.metadata["inversion"]["steps"])
 
     @property
     def rank(self) -> int:
@@ -73,9 +89,12 @@ class Profile:
             "base_sample": self.base_sample.half().contiguous(),
         }
         tensors.update({key: value.half().contiguous() for key, value in self.lora.items()})
+        if self.start_latents is not None:
+            tensors["image_latents"] = self.image_latents.half().contiguous()
+            tensors["start_latents"] = self.start_latents.half().contiguous()
         header = {
             "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
+            "format_version": str(self.format_version),
             "name": self.name,
             "profile": json.dumps(self.metadata, sort_keys=True),
         }
@@ -87,13 +106,15 @@ class Profile:
     def from_bytes(cls, data: bytes, source: str = "profile file") -> Profile:
         """Parse and validate profile bytes; anything unexpected raises :class:`InvalidProfileFile`."""
         header = read_header(data, source)
-        metadata = _check_metadata(header, source)
+        version = int(header["format_version"])
+        metadata = _check_metadata(header, version, source)
         try:
             tensors = load_tensors(data)
         except (SafetensorError, ValueError, RuntimeError) as ex:
             raise InvalidProfileFile(f"{source} is not a valid safetensors file: {ex}") from None
-        _check_tensors(tensors, metadata, source)
+        _check_tensors(tensors, metadata, version, source)
         lora = {k: v.float() for k, v in tensors.items() if k.startswith("unet.")}
+        latents = {k: tensors[k].float() if k in tensors else None for k in LATENT_TENSORS}
         return cls(
             name=check_name(header["name"]),
             e_opt=tensors["e_opt"].float(),
@@ -102,10 +123,11 @@ class Profile:
             thumbnail=tensors["thumbnail"],
             base_sample=tensors["base_sample"].float(),
             metadata=metadata,
+            **latents,
         )
 
 
-def _check_metadata(header: dict, source: str) -> dict:
+def _check_metadata(header: dict, version: int, source: str) -> dict:
     metadata = parse_json(header.get("profile"), f"{source} has unreadable profile metadata (not JSON)")
     if not isinstance(metadata, dict):
         raise InvalidProfileFile(f"{source} has profile metadata that is not a JSON object")
@@ -121,6 +143,10 @@ def _check_metadata(header: dict, source: str) -> dict:
         raise InvalidProfileFile(
             f"{source} metadata has an unsupported resolution (a multiple of {RESOLUTION_STEP} in "
             f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}])")
+    if version >= 2:
+        inversion = metadata.get("inversion")
+        if not isinstance(inversion, dict) or not _is_int_in(inversion.get("steps"), 1, MAX_INVERSION_STEPS):
+            raise InvalidProfileFile(f"{source} metadata has no valid inversion steps (1-{MAX_INVERSION_STEPS})")
     return metadata
 
 
@@ -134,14 +160,15 @@ def _is_number_in(value, low: float, high: float) -> bool:
     return low <= value <= high  # False for NaN; exact for ints of any size
 
 
-def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str) -> None:
+def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, version: int, source: str) -> None:
     def fail(what: str) -> None:
         raise InvalidProfileFile(f"{source}: {what}")
 
-    for key in FIXED_TENSORS:
+    expected = FIXED_TENSORS + (LATENT_TENSORS if version >= 2 else ())
+    for key in expected:
         if key not in tensors:
             fail(f"missing tensor {key!r}")
-    lora_keys = [key for key in tensors if key not in FIXED_TENSORS]
+    lora_keys = [key for key in tensors if key not in expected]
     for key in lora_keys:
         if not LORA_KEY.fullmatch(key):
             fail(f"unexpected tensor {key[:120]!r}")
@@ -162,6 +189,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, source: str
     if thumb.dtype != torch.uint8 or thumb.dim() != 3 or thumb.shape[2] != 3 or max(thumb.shape[:2]) > 512:
         fail("thumbnail is not a small RGB uint8 image")
     _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata["lora"]["rank"], fail)
+    if version >= 2:
+        _check_latent_shapes(tensors["image_latents"], tensors["start_latents"], fail)
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             fail(f"tensor {key[:120]!r} holds NaN or infinite values")
@@ -177,3 +206,11 @@ def _check_lora_shapes(lora: dict[str, torch.Tensor], rank: int, fail) -> None:
             fail(f"LoRA tensor {key[:120]!r} has no matching {'up' if is_down else 'down'} weight")
         if (value.shape[0] if is_down else value.shape[1]) != rank:
             fail(f"LoRA tensor {key[:120]!r} has shape {tuple(value.shape)}, not rank {rank}")
+
+
+def _check_latent_shapes(image: torch.Tensor, start: torch.Tensor, fail) -> None:
+    shape = tuple(image.shape)
+    if (image.dim() != 4 or shape[0] != 1 or not 1 <= shape[1] <= MAX_LATENT_CHANNELS
+            or max(shape[2:]) > MAX_LATENT_SIDE or tuple(start.shape) != shape):
+        fail(f"latents of shapes {shape} and {tuple(start.shape)} are not equal [1, channels, height, width] "
+             "of a supported size")

@@ -14,7 +14,8 @@ from .errors import InvalidProfileFile, InvalidProfileName
 from .limits import MAX_JSON_DEPTH
 
 FORMAT = "imagic-lora-profile"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the image latents and their DDIM inversion; version 1 files are still read
+READABLE_VERSIONS = ("1", "2")
 CHECKSUM_KEY = "tensors_sha256"
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -78,10 +79,10 @@ def read_header(data: bytes, source: str) -> dict:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise InvalidProfileFile(f"{source} is not an imagic-lora profile (no '{FORMAT}' metadata)")
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in READABLE_VERSIONS:
         raise InvalidProfileFile(
-            f"{source} has profile format version {str(version)[:20]!r}; this imagic-lora reads version "
-            f"{FORMAT_VERSION}. Try: upgrading imagic-lora"
+            f"{source} has profile format version {str(version)[:20]!r}; this imagic-lora reads versions "
+            f"{' and '.join(READABLE_VERSIONS)}. Try: upgrading imagic-lora"
         )
     if not isinstance(metadata.get("name"), str):
         raise InvalidProfileFile(f"{source} has no profile name in its metadata")

@@ -126,6 +126,7 @@ def test_an_sd15_size_profile_at_rank_4_fits_in_2_mib():
         name="sd15", e_opt=torch.zeros(1, 77, 768), source_embedding=torch.zeros(1, 77, 768), lora=lora,
         thumbnail=torch.zeros(64, 64, 3, dtype=torch.uint8), base_sample=torch.zeros(4 * 1100),
         metadata={"source_prompt": "a photo of a dog " * 4, "lora": {"rank": 4, "alpha": 4}},
+        image_latents=torch.zeros(1, 4, 64, 64), start_latents=torch.zeros(1, 4, 64, 64),  # format 2, 512 px
     )
     size = len(profile.to_bytes())
     print(f"SD 1.5 profile at rank 4: {size} bytes ({size / 2**20:.2f} MiB)")
