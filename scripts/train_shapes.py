@@ -1,7 +1,11 @@
-"""Train the shapes model from scratch on the CPU: VAE, then UNet and text encoder together.
+"""Train the shapes model from scratch on the CPU: VAE, its decoder tuned for small details, then UNet
+and text encoder together.
 
 Fixed seeds; writes imagic_lora/data/shapes/shapes-model.safetensors (fp16).
-Run from the repository root: ``python scripts/train_shapes.py`` (about 52 minutes on 2 cores).
+Run from the repository root: ``python scripts/train_shapes.py`` (about 52 minutes on 2 cores). The
+decoder tuning is off by default: ``--tune-decoder-only --decoder-steps 1000`` tunes the decoder of the
+weights in ``--out`` in place (6 minutes; the encoder, and so the latents the UNet learnt, stay as they
+are) and logs the VAE ceiling of the edit cases before and after.
 """
 
 import argparse
@@ -15,21 +19,28 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from imagic_lora.bench.ceiling import vae_ceiling
 from imagic_lora.method import diffusion_target
-from imagic_lora.shapes.model import build_components, save_weights
-from imagic_lora.shapes.world import caption, random_details, random_scene, render
+from imagic_lora.shapes.model import build_components, save_weights, shapes_pipeline
+from imagic_lora.shapes.world import SIZE, caption, random_details, random_scene, render
 
 OUT = Path("imagic_lora/data/shapes/shapes-model.safetensors")
 
 
-def dataset(count: int, seed: int) -> tuple[torch.Tensor, list]:
+def dataset(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Images, the mask of each one's 2x2 marker, and the scenes."""
     rng = random.Random(seed)
-    pixels, scenes = [], []
+    pixels, markers, scenes = [], [], []
     for _ in range(count):
-        scene = random_scene(rng)
-        pixels.append(np.asarray(render(scene, random_details(rng)), dtype=np.float32) / 127.5 - 1)
+        scene, details = random_scene(rng), random_details(rng)
+        pixels.append(np.asarray(render(scene, details), dtype=np.float32) / 127.5 - 1)
+        marker = np.zeros((1, SIZE, SIZE), dtype=np.float32)
+        x, y = details.marker_xy
+        marker[:, y : y + 2, x : x + 2] = 1
+        markers.append(marker)
         scenes.append(scene)
-    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(), scenes
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.from_numpy(np.stack(markers)), scenes
 
 
 def train_vae(vae, pixels, steps: int, batch: int, log) -> None:
@@ -47,6 +58,41 @@ def train_vae(vae, pixels, steps: int, batch: int, log) -> None:
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step} loss {loss.item():.5f}")
     vae.eval()
+
+
+def tune_decoder(vae, pixels, markers, steps: int, marker_weight: float, log, batch: int = 64) -> None:
+    """Fine-tune the decoder alone with the 4 marker pixels weighted up.
+
+    Trained on the plain 1024-pixel average, the decoder blurs a detail that is 0.4 % of the image: the
+    round trip kept the marker in 71 % of the edit cases, so the edit benchmark could not score what an
+    edit keeps. The encoder is frozen, so the latents (and a UNet trained on them) stay valid.
+    """
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(500)])
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(1)
+    vae.train()
+    for step in range(steps):
+        index = torch.randint(0, len(pixels), (batch,), generator=generator)
+        reconstruction = vae.decode(latents[index]).sample
+        loss = ((1 + marker_weight * markers[index]) * (reconstruction - pixels[index]) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"decoder step {step} loss {loss.item():.5f}")
+    vae.eval()
+
+
+def check_ceiling(vae, minimum: float, log) -> None:
+    ceiling = vae_ceiling(vae)
+    log(f"VAE ceiling on 200 edit cases: input preserved {ceiling['input_preserved']:.1%}, "
+        f"truth both {ceiling['truth_both']:.1%}, misses {ceiling['misses']}")
+    if min(ceiling["input_preserved"], ceiling["truth_both"]) < minimum:
+        raise SystemExit(f"the VAE ceiling is under {minimum:.0%}: nothing written")
 
 
 @torch.no_grad()
@@ -98,6 +144,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="Reuse the VAE (and its scaling factor) of an earlier output instead of training it.")
+    parser.add_argument("--decoder-steps", type=int, default=0,
+                        help="Tune the decoder for small details this many steps (0: not at all). 1000 raised the "
+                        "VAE ceiling to 98.5 %% but lowered bench sanity's shape rate to 78 %% (target 80 %%).")
+    parser.add_argument("--decoder-images", type=int, default=20000)
+    parser.add_argument("--marker-weight", type=float, default=20.0)
+    parser.add_argument("--min-ceiling", type=float, default=0.0,
+                        help="Stop, writing nothing, if the VAE round trip keeps less than this of the edit cases "
+                        "(issue 11 asks 0.97).")
+    parser.add_argument("--tune-decoder-only", action="store_true",
+                        help="Tune the decoder of the weights in --out and write them back; nothing else changes.")
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.time()
@@ -105,8 +161,11 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
 
+    if args.tune_decoder_only:
+        tune_shipped_decoder(args, log)
+        return
     components = build_components()
-    pixels, scenes = dataset(args.images, seed=0)
+    pixels, markers, scenes = dataset(args.images, seed=0)
     log(f"rendered {len(pixels)} images")
     if args.vae_from:
         tensors = load_file(str(args.vae_from))
@@ -114,6 +173,10 @@ def main() -> None:
         log(f"loaded the VAE from {args.vae_from}")
     else:
         train_vae(components["vae"], pixels, args.vae_steps, args.batch, log)
+    if args.decoder_steps:
+        tune_decoder(components["vae"], pixels[: args.decoder_images], markers[: args.decoder_images],
+                     args.decoder_steps, args.marker_weight, log)
+    check_ceiling(components["vae"], args.min_ceiling, log)
     latents = encode_all(components["vae"], pixels)
     scaling = float(1 / latents.std())
     components["vae"].register_to_config(scaling_factor=scaling)
@@ -126,6 +189,19 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(components, args.out)
     log(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+
+
+def tune_shipped_decoder(args, log) -> None:
+    if args.decoder_steps <= 0:
+        raise SystemExit("--tune-decoder-only needs --decoder-steps N (1000 was measured)")
+    pipe = shapes_pipeline(args.out)
+    pixels, markers, _ = dataset(args.decoder_images, seed=0)
+    check_ceiling(pipe.vae, 0.0, log)
+    tune_decoder(pipe.vae, pixels, markers, args.decoder_steps, args.marker_weight, log)
+    check_ceiling(pipe.vae, args.min_ceiling, log)
+    save_weights({"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}, args.out)
+    check_ceiling(shapes_pipeline(args.out).vae, args.min_ceiling, log)  # as loaded back from fp16
+    log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -13,6 +13,7 @@ from ..shapes.world import (
     COLUMNS,
     ROWS,
     SHAPES,
+    SIZE,
     SIZES,
     Details,
     Scene,
@@ -68,8 +69,32 @@ def make_cases(count: int, seed: int = 0) -> list[Case]:
     for index in range(count):
         edit = EDIT_TYPES[index % len(EDIT_TYPES)]
         scene = random_scene(rng)
-        cases.append(Case(index, scene, random_details(rng), rng.randrange(4), edit, _edited(scene, edit, rng)))
+        details, phrasing = random_details(rng), rng.randrange(4)
+        target = _edited(scene, edit, rng)
+        cases.append(Case(index, scene, _marker_apart(details, scene, target), phrasing, edit, target))
     return cases
+
+
+MARKER_GAP = 2  # background pixels at least between the marker and a shape's box
+
+
+def _marker_apart(details: Details, *scenes: Scene) -> Details:
+    """``details`` with the marker mirrored to another corner when a shape of ``scenes`` covers or touches it.
+
+    A marker drawn over or against the shape is not a separate detail: the shape's edit moves or hides
+    it, and no round trip through the VAE can be scored on it. Cases whose marker is clear are unchanged.
+    """
+    x, y = details.marker_xy
+    for mx, my in ((x, y), (SIZE - 2 - x, y), (x, SIZE - 2 - y), (SIZE - 2 - x, SIZE - 2 - y)):
+        if not any(_near(mx, my, scene, details.jitter) for scene in scenes):
+            return replace(details, marker_xy=(mx, my))
+    return details
+
+
+def _near(mx: int, my: int, scene: Scene, jitter: tuple[int, int]) -> bool:
+    cx, cy, r = COLUMNS[scene.column] + jitter[0], ROWS[scene.row] + jitter[1], SIZES[scene.size]
+    return (mx + 1 >= cx - r - MARKER_GAP and mx <= cx + r + MARKER_GAP
+            and my + 1 >= cy - r - MARKER_GAP and my <= cy + r + MARKER_GAP)
 
 
 def _attribute(scene: Scene | None, edit: str):

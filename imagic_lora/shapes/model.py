@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
@@ -65,9 +66,10 @@ def save_weights(components: dict, path) -> None:
     save_file(tensors, str(path), metadata={"scaling_factor": str(components["vae"].config.scaling_factor)})
 
 
-def shapes_pipeline() -> StableDiffusionPipeline:
-    """The trained shapes model, loaded offline from package data."""
-    with resources.as_file(_data(WEIGHTS)) as path:
+def shapes_pipeline(weights: str | Path | None = None) -> StableDiffusionPipeline:
+    """The trained shapes model, loaded offline from package data (or from another ``weights`` file)."""
+    with resources.as_file(_data(WEIGHTS)) as shipped:
+        path = Path(weights) if weights else shipped
         if not path.is_file():
             raise ModelLoadError(f"the shapes model weights are missing ({path}). Try: python scripts/train_shapes.py")
         with safe_open(str(path), framework="pt") as f:
