@@ -17,7 +17,7 @@ _EXPORTS = {
     "BaseModel": "models", "load_model": "models",
     "Profile": "profile",
     "ProfileStore": "store", "read_profile_file": "store",
-    "TINY_MODEL": "tiny",
+    "TINY_MODEL": "tiny", "TINY_XL_MODEL": "tiny",
 }
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

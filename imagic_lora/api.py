@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import ApplyConfig, TrainConfig
 from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
+from .families import family_label
 from .files import check_folder, make_folder, read_text, write_first
 from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
 from .limits import MAX_PROMPTS
@@ -30,7 +31,7 @@ from .method import (
     optimize_embedding,
 )
 from .models import BaseModel, load_model
-from .profile import FORMAT_VERSION, Profile, check_name
+from .profile import FORMAT_VERSION, XL_FORMAT_VERSION, Profile, check_name
 from .store import ProfileStore, user_dir
 
 INVERSION_STEPS = ApplyConfig.steps  # the default sampling steps, so that applying uses the stored inversion
@@ -83,13 +84,13 @@ def make_profile(
     fitted = fit_image(picture, resolution, config.fit, warn or (lambda message: None))
     warn_truncated(base, prompt, "--prompt", warn)
     latents = encode_image(base, to_tensor(fitted))
-    source_embedding = encode_prompt(base, prompt)
+    source = encode_prompt(base, prompt)
     base_sample, fingerprint = base.weight_sample(), base.fingerprint()
 
     # 2. the two Imagic stages, with the encoders off the accelerator
     generator = torch.Generator("cpu").manual_seed(config.seed)
     with encoders_offloaded(base, config.offload_encoders):
-        e_opt, stage1 = optimize_embedding(base, latents, source_embedding, config, generator, progress)
+        e_opt, stage1 = optimize_embedding(base, latents, source, config, generator, progress)
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
         # 3. the input's DDIM inversion under what was learnt: it does not depend on any edit prompt
         with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
@@ -97,10 +98,11 @@ def make_profile(
 
     # 4. the profile, with everything needed to apply, check and reproduce it
     metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
+    e_opt, source = e_opt.map(torch.Tensor.cpu), source.map(torch.Tensor.cpu)
     return Profile(
-        name=name, e_opt=e_opt.cpu(), source_embedding=source_embedding.cpu(), lora=lora,
+        name=name, e_opt=e_opt.embeds, source_embedding=source.embeds, lora=lora,
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
-        image_latents=latents.cpu(), start_latents=start,
+        image_latents=latents.cpu(), start_latents=start, e_opt_pooled=e_opt.pooled, source_pooled=source.pooled,
     )
 
 
@@ -137,14 +139,16 @@ def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) ->
             "prediction_type": base.pipe.scheduler.config.prediction_type,
         },
         "resolution": config.resolution or base.native_resolution,
+        **({"pipeline": "StableDiffusionXLPipeline"} if base.is_xl else {}),
     }
 
 
 def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> dict:
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": XL_FORMAT_VERSION if base.is_xl else FORMAT_VERSION,
         "source_prompt": prompt,
         "base_model": base.model_id,
+        "family": base.family.name if base.family else None,
         **training_settings(base, fingerprint, config),
         "losses": {"embedding": loss1, "lora": loss2},
         "inversion": {"steps": INVERSION_STEPS, "scheduler": "DDIMInverseScheduler", "guidance": 1.0},
@@ -182,10 +186,14 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
     made_for = profile.metadata["base_model"]
     made_with = profile.metadata["base_fingerprint"]
     expected_shape = (1, base.pipe.tokenizer.model_max_length, base.embedding_dim)
-    if made_with.split("-")[0] != base.architecture_hash() or tuple(profile.e_opt.shape) != expected_shape:
+    same_kind = (profile.e_opt_pooled is not None) == base.is_xl
+    if made_with.split("-")[0] != base.architecture_hash() or tuple(profile.e_opt.shape) != expected_shape \
+            or not same_kind:
+        theirs, ours = family_label(profile.e_opt.shape[-1]), family_label(base.embedding_dim)
+        kinds = f" ({theirs}), and this model is {ours}" if theirs != ours else " with another architecture"
         raise IncompatibleProfile(
-            f"profile {profile.name!r} does not fit {base.model_id!r}: it was made for {made_for!r} with another "
-            f"architecture. Try: --model {made_for}"
+            f"profile {profile.name!r} does not fit {base.model_id!r}: it was made for {made_for!r}{kinds}. "
+            f"Try: --model {made_for}"
         )
     sample = base.weight_sample()
     same = sample.shape == profile.base_sample.shape and torch.allclose(
@@ -250,7 +258,7 @@ def apply_prompts(
         start = start_latents(profile, base, config, progress, warn)
         for prompt, stem in tqdm(list(zip(prompts, stems, strict=True)), desc="prompts", unit="prompt",
                                  disable=not (progress and several), dynamic_ncols=True):
-            results = generate(base, profile.e_opt, prompt, config, profile.metadata["resolution"], progress, start)
+            results = generate(base, profile.condition, prompt, config, profile.metadata["resolution"], progress, start)
             used = "noise" if start is None else "inversion"
             paths += _write_outputs(profile, prompt, base, config, results, out, stem, used)
     return paths
@@ -272,7 +280,7 @@ def start_latents(profile: Profile, base: BaseModel, config: ApplyConfig, progre
         return None
     if profile.inversion_steps == config.steps:
         return profile.start_latents
-    return invert(base, profile.image_latents, profile.e_opt, config.steps, progress)
+    return invert(base, profile.image_latents, profile.condition, config.steps, progress)
 
 
 def read_prompts(path: str | Path) -> list[str]:

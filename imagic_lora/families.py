@@ -18,8 +18,10 @@ from .errors import ModelLoadError
 LDM_UNET = "model.diffusion_model."
 # the first cross-attention key projection: its input width is the text encoder's width
 CROSS_ATTENTION_KEY = LDM_UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+XL_CROSS_ATTENTION_KEY = LDM_UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"  # SDXL's first
 CLIP_TEXT = "cond_stage_model.transformer."
 OPEN_CLIP_TEXT = "cond_stage_model.model."
+XL_OPEN_CLIP_TEXT = "conditioner.embedders.1.model."
 V_PREDICTION_MARKER = "v_pred"  # an empty tensor some tools write into v-prediction checkpoints
 
 
@@ -35,6 +37,12 @@ class Family:
     prediction_type: str
     kohya_version: str
     modelspec: dict[str, str]
+    cross_attention_key: str = CROSS_ATTENTION_KEY
+    pipeline: str = "StableDiffusionPipeline"
+
+    @property
+    def is_xl(self) -> bool:
+        return self.pipeline == "StableDiffusionXLPipeline"
 
 
 FAMILIES = {
@@ -42,14 +50,25 @@ FAMILIES = {
                    {"epsilon": "stable-diffusion-v1", "v_prediction": "stable-diffusion-v1"}),
     "sd21": Family("sd21", "SD 2.x (OpenCLIP ViT-H, 1024-d)", 1024, OPEN_CLIP_TEXT, "v_prediction", "sd_v2",
                    {"epsilon": "stable-diffusion-v2-512", "v_prediction": "stable-diffusion-v2-768-v"}),
+    "sdxl": Family("sdxl", "SDXL (CLIP ViT-L + OpenCLIP ViT-bigG, 2048-d)", 2048, XL_OPEN_CLIP_TEXT, "epsilon",
+                   "sdxl_base_v1-0",
+                   {"epsilon": "stable-diffusion-xl-v1-base", "v_prediction": "stable-diffusion-xl-v1-base"},
+                   XL_CROSS_ATTENTION_KEY, "StableDiffusionXLPipeline"),
 }
 DRY_RUN_FAMILY = "tiny"  # the built-in test model, so benchmark scripts can be checked in seconds on a CPU
-BENCH_FAMILIES = (*FAMILIES, DRY_RUN_FAMILY)
+DRY_RUN_XL_FAMILY = "tiny-xl"
+BENCH_FAMILIES = (*FAMILIES, DRY_RUN_FAMILY, DRY_RUN_XL_FAMILY)
 
 
 def family_of_width(width: int) -> Family | None:
-    """The family whose text encoder is ``width`` wide (a profile's embedding width), if any."""
+    """The family whose text encoders are ``width`` wide together (a profile's embedding width), if any."""
     return next((family for family in FAMILIES.values() if family.text_width == width), None)
+
+
+def family_label(width: int) -> str:
+    """A family's short name for messages (``SDXL``); other architectures by their embedding width."""
+    family = family_of_width(width)
+    return family.label.split(" (")[0] if family else f"a model with {width}-d text embeddings"
 
 
 @contextlib.contextmanager
@@ -60,7 +79,8 @@ def config_folder(family: str) -> Iterator[Path]:
 
 
 def supported() -> str:
-    return " or ".join(family.label for family in FAMILIES.values())
+    labels = [family.label for family in FAMILIES.values()]
+    return f"{', '.join(labels[:-1])} or {labels[-1]}"
 
 
 def identify_checkpoint(shapes: Mapping[str, tuple[int, ...]], source: str) -> Family:
@@ -71,12 +91,13 @@ def identify_checkpoint(shapes: Mapping[str, tuple[int, ...]], source: str) -> F
             f"{source} is not a Stable Diffusion checkpoint (no '{LDM_UNET}*' weights). "
             f"Try: a single-file checkpoint of {supported()}, or a diffusers folder"
         )
-    width = shapes.get(CROSS_ATTENTION_KEY, (None, None))[-1]
-    has_clip = any(key.startswith(CLIP_TEXT) for key in shapes)
-    has_open_clip = any(key.startswith(OPEN_CLIP_TEXT) for key in shapes)
     for family in FAMILIES.values():
+        width = shapes.get(family.cross_attention_key, (None, None))[-1]
         if width == family.text_width and any(key.startswith(family.text_prefix) for key in shapes):
             return family
+    width = shapes.get(CROSS_ATTENTION_KEY, shapes.get(XL_CROSS_ATTENTION_KEY, (None, None)))[-1]
+    has_clip = any(key.startswith(CLIP_TEXT) for key in shapes)
+    has_open_clip = any(key.startswith((OPEN_CLIP_TEXT, XL_OPEN_CLIP_TEXT)) for key in shapes)
     found = (f"{unet_keys} UNet weights, cross-attention width {width}, text encoder: "
              f"{'CLIP' if has_clip else 'OpenCLIP' if has_open_clip else 'none'}")
     raise ModelLoadError(

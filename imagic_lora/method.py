@@ -16,6 +16,7 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .conditioning import Condition, concat, interpolate, unet_kwargs
 from .config import ApplyConfig, TrainConfig
 from .errors import InvalidConfig, TrainingDiverged
 from .lora import add_lora, lora_state_dict, remove_lora
@@ -41,17 +42,43 @@ def _autocast(base: BaseModel):
 
 
 @torch.no_grad()
-def encode_prompt(base: BaseModel, prompt: str) -> torch.Tensor:
-    """The CLIP text embedding ``[1, 77, dim]`` of ``prompt``, as fp32, via the pipeline's encoder."""
+def encode_prompt(base: BaseModel, prompt: str) -> Condition:
+    """The text conditioning of ``prompt`` via the pipeline's own encoder(s), as fp32: the CLIP embedding
+    ``[1, 77, dim]``, and for SDXL both encoders' hidden states side by side plus the pooled ``[1, 1280]``."""
+    if base.is_xl:
+        embeds, _, pooled, _ = base.pipe.encode_prompt(prompt, device=base.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        return Condition(embeds.float(), pooled.float())
     embeds, _ = base.pipe.encode_prompt(prompt, base.device, 1, do_classifier_free_guidance=False)
-    return embeds.float()
+    return Condition(embeds.float())
+
+
+def encode_negative(base: BaseModel, prompt: str) -> Condition:
+    """The unconditional side of guidance: as the pipelines make it, zeros for SDXL's empty negative prompt."""
+    if base.is_xl and not prompt and base.pipe.config.force_zeros_for_empty_prompt:
+        return encode_prompt(base, prompt).map(torch.zeros_like)
+    return encode_prompt(base, prompt)
+
+
+@contextlib.contextmanager
+def _vae_in_fp32(base: BaseModel):
+    """SDXL's VAE overflows in fp16 (its config says ``force_upcast``): run it in fp32 meanwhile."""
+    vae = base.pipe.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield vae
+    finally:
+        if upcast:
+            vae.to(torch.float16)
 
 
 @torch.no_grad()
 def encode_image(base: BaseModel, pixels: torch.Tensor) -> torch.Tensor:
     """VAE latents of ``pixels`` in [-1, 1], scaled by the VAE's ``scaling_factor``, as fp32."""
-    vae = base.pipe.vae
-    latents = vae.encode(pixels.to(base.device, vae.dtype)).latent_dist.mean
+    with _vae_in_fp32(base) as vae:
+        latents = vae.encode(pixels.to(base.device, vae.dtype)).latent_dist.mean
     return latents.float() * vae.config.scaling_factor
 
 
@@ -65,20 +92,27 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     raise InvalidConfig(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
 
 
+def predict(base: BaseModel, latents: torch.Tensor, timesteps, condition: Condition) -> torch.Tensor:
+    """The UNet's prediction for ``latents`` at ``timesteps`` under ``condition`` (SDXL: with its size inputs)."""
+    scale = base.pipe.vae_scale_factor
+    height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
+    return base.pipe.unet(latents, timesteps, **unet_kwargs(condition, height, width, latents.dtype)).sample
+
+
 def diffusion_loss(
-    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
+    base: BaseModel, latents: torch.Tensor, embedding: Condition, timesteps: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
     """``‖target − f(x_t, t, e)‖²`` with the target ε or v as the scheduler predicts."""
     scheduler = base.pipe.scheduler
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = diffusion_target(scheduler, latents, noise, timesteps)
     with _autocast(base):
-        prediction = base.pipe.unet(noisy, timesteps, encoder_hidden_states=embedding).sample
+        prediction = predict(base, noisy, timesteps, embedding)
     return F.mse_loss(prediction.float(), target.float())
 
 
 def random_loss_fn(
-    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, generator: torch.Generator, samples: int = 1
+    base: BaseModel, latents: torch.Tensor, embedding: Condition, generator: torch.Generator, samples: int = 1
 ) -> Callable[[], torch.Tensor]:
     """A closure drawing ``samples`` fresh (t, ε) pairs from ``generator`` each call and returning the mean loss."""
     num_timesteps = base.pipe.scheduler.config.num_train_timesteps
@@ -87,7 +121,7 @@ def random_loss_fn(
     def loss() -> torch.Tensor:
         timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
-        conditioning = embedding.expand(latents.shape[0], -1, -1)
+        conditioning = embedding.expand(latents.shape[0])
         return diffusion_loss(base, latents, conditioning, timesteps.to(base.device), noise.to(base.device))
 
     return loss
@@ -142,17 +176,18 @@ def encoders_offloaded(base: BaseModel, enabled: bool = True):
     Their work is done before training starts (latents and prompt embeddings are computed once).
     """
     moved = enabled and base.device.type != "cpu"
+    modules = [base.pipe.vae, *base.text_encoders]
     if moved:
-        base.pipe.vae.to("cpu")
-        base.pipe.text_encoder.to("cpu")
+        for module in modules:
+            module.to("cpu")
         if base.device.type == "cuda":
             torch.cuda.empty_cache()
     try:
         yield
     finally:
         if moved:
-            base.pipe.vae.to(base.device)
-            base.pipe.text_encoder.to(base.device)
+            for module in modules:
+                module.to(base.device)
 
 
 def _grad_scaler(base: BaseModel) -> torch.amp.GradScaler:
@@ -166,12 +201,12 @@ def _checkpointing(base: BaseModel, config: TrainConfig) -> bool:
 
 
 def optimize_embedding(
-    base: BaseModel, latents: torch.Tensor, embedding: torch.Tensor, config: TrainConfig,
+    base: BaseModel, latents: torch.Tensor, embedding: Condition, config: TrainConfig,
     generator: torch.Generator, progress: bool = True,
-) -> tuple[torch.Tensor, StageResult]:
-    """Imagic step A: with the UNet frozen, fit the text embedding to the image (Adam)."""
-    e_opt = embedding.detach().clone().float().requires_grad_(True)
-    optimizer = torch.optim.Adam([e_opt], lr=config.embedding_lr)
+) -> tuple[Condition, StageResult]:
+    """Imagic step A: with the UNet frozen, fit the text embedding (SDXL: and the pooled one) to the image (Adam)."""
+    e_opt = embedding.trainable()
+    optimizer = torch.optim.Adam(e_opt.tensors(), lr=config.embedding_lr)
     loss_fn = random_loss_fn(base, latents, e_opt, generator, config.samples_per_step)
     with _with_training_mode(base, _checkpointing(base, config)):
         result = _optimize(
@@ -182,7 +217,7 @@ def optimize_embedding(
 
 
 def finetune_lora(
-    base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, config: TrainConfig,
+    base: BaseModel, latents: torch.Tensor, e_opt: Condition, config: TrainConfig,
     generator: torch.Generator, progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], StageResult]:
     """Imagic step B: with e_opt frozen, train a LoRA adapter on the UNet's attention projections."""
@@ -202,7 +237,7 @@ def finetune_lora(
 
 
 def finetune_full(
-    base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, steps: int, lr: float,
+    base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int, lr: float,
     generator: torch.Generator, progress: bool = True,
 ) -> StageResult:
     """Classic Imagic step B, for comparison: fine-tune every UNet weight with fp32 Adam, no checkpointing.
@@ -235,7 +270,7 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
 
 
 @torch.no_grad()
-def invert(base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, steps: int,
+def invert(base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int,
            progress: bool = True) -> torch.Tensor:
     """DDIM inversion of ``latents`` under ``e_opt`` without guidance: the start that deterministic DDIM
     sampling with ``steps`` steps takes back to the image. Fuse the adapter first, as for sampling.
@@ -245,40 +280,36 @@ def invert(base: BaseModel, latents: torch.Tensor, e_opt: torch.Tensor, steps: i
     scheduler = DDIMInverseScheduler.from_config(base.pipe.scheduler.config)
     scheduler.set_timesteps(steps, device=base.device)
     x = latents.to(base.device, base.dtype)
-    condition = e_opt.to(base.device, base.dtype)
+    condition = e_opt.map(lambda tensor: tensor.to(base.device, base.dtype))
     with _autocast(base):
         for t in tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None, dynamic_ncols=True):
-            prediction = base.pipe.unet(x, t, encoder_hidden_states=condition).sample
+            prediction = predict(base, x, t, condition)
             x = scheduler.step(prediction, t, x).prev_sample
     return x.float().cpu()
 
 
-def interpolate(e_new: torch.Tensor, e_opt: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Imagic step C, the embedding: ``α·e_new + (1−α)·e_opt``."""
-    return alpha * e_new + (1 - alpha) * e_opt
-
-
 @torch.no_grad()
 def generate(
-    base: BaseModel, e_opt: torch.Tensor, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True,
+    base: BaseModel, e_opt: Condition, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True,
     start: torch.Tensor | None = None,
 ) -> list[tuple[float, int, Image.Image]]:
-    """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds``.
+    """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds`` (SDXL: and
+    ``pooled_prompt_embeds``).
 
     Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it. Sampling
     starts from seeded noise, or from ``start`` (the input's inversion) when given.
     """
     e_new = encode_prompt(base, prompt)
-    negative = encode_prompt(base, config.negative_prompt)
+    negative = encode_negative(base, config.negative_prompt)
+    e_opt = e_opt.map(lambda tensor: tensor.to(base.device))
     jobs = [(alpha, seed) for alpha in config.alphas for seed in config.seed_list]
     results = []
     bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress, leave=None, dynamic_ncols=True)
     for first in range(0, len(jobs), config.batch_size):
         batch = jobs[first : first + config.batch_size]
-        embeds = torch.cat([interpolate(e_new, e_opt.to(base.device), alpha) for alpha, _ in batch])
+        condition = concat([interpolate(e_new, e_opt, alpha) for alpha, _ in batch])
         images = base.pipe(
-            prompt_embeds=embeds.to(base.dtype),
-            negative_prompt_embeds=negative.expand(len(batch), -1, -1).to(base.dtype),
+            **pipeline_conditioning(base, condition, negative.expand(len(batch))),
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
@@ -290,4 +321,14 @@ def generate(
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def pipeline_conditioning(base: BaseModel, condition: Condition, negative: Condition) -> dict:
+    """The pipeline's embedding arguments for ``condition`` and the unconditional ``negative``, in its dtype."""
+    kwargs = {"prompt_embeds": condition.embeds.to(base.dtype),
+              "negative_prompt_embeds": negative.embeds.to(base.dtype)}
+    if base.is_xl:
+        kwargs |= {"pooled_prompt_embeds": condition.pooled.to(base.dtype),
+                   "negative_pooled_prompt_embeds": negative.pooled.to(base.dtype)}
+    return kwargs
 

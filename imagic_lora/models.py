@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import SafetensorError, safe_open
 
 from .errors import InvalidConfig, ModelLoadError
-from .families import V_PREDICTION_MARKER, config_folder, identify_checkpoint, supported
+from .families import V_PREDICTION_MARKER, Family, config_folder, family_of_width, identify_checkpoint, supported
 from .shapes.model import SHAPES_MODEL, shapes_pipeline
-from .tiny import TINY_MODEL, tiny_pipeline
+from .tiny import TINY_MODEL, TINY_XL_MODEL, tiny_pipeline, tiny_xl_pipeline
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, SHAPES_MODEL: shapes_pipeline}
+BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, TINY_XL_MODEL: tiny_xl_pipeline, SHAPES_MODEL: shapes_pipeline}
+PIPELINES = {"StableDiffusionPipeline": StableDiffusionPipeline, "StableDiffusionXLPipeline": StableDiffusionXLPipeline}
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
@@ -72,7 +74,7 @@ class BaseModel:
     """A loaded pipeline with the id it came from, where it runs and its frozen dtype."""
 
     model_id: str
-    pipe: StableDiffusionPipeline
+    pipe: Pipeline
     device: torch.device
     dtype: torch.dtype
 
@@ -81,8 +83,28 @@ class BaseModel:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     @property
+    def is_xl(self) -> bool:
+        """SDXL: two text encoders, a pooled embedding and size conditioning."""
+        return isinstance(self.pipe, StableDiffusionXLPipeline)
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.text_encoder, self.pipe.text_encoder_2] if self.is_xl else [self.pipe.text_encoder]
+
+    @property
     def embedding_dim(self) -> int:
-        return self.pipe.text_encoder.config.hidden_size
+        """The width of the per-token embedding: SDXL concatenates its two encoders' hidden states."""
+        return sum(encoder.config.hidden_size for encoder in self.text_encoders)
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """The width of SDXL's pooled embedding (None for SD 1.x/2.x)."""
+        return self.pipe.text_encoder_2.config.projection_dim if self.is_xl else None
+
+    @property
+    def family(self) -> Family | None:
+        family = family_of_width(self.embedding_dim)
+        return family if family is not None and family.is_xl == self.is_xl else None
 
     def weight_sample(self) -> torch.Tensor:
         """A few evenly spaced values of every UNet and text encoder weight, as fp32 on CPU."""
@@ -115,9 +137,12 @@ def sample_indices(numel: int, count: int = SAMPLES_PER_TENSOR) -> list[int]:
     return [i * (numel - 1) // (count - 1) for i in range(count)]
 
 
-def _named_weights(pipe: StableDiffusionPipeline):
+def _named_weights(pipe: Pipeline):
     """Base weights by name, sorted; names are the same before and after PEFT wraps a layer."""
-    for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+    modules = [("unet", pipe.unet), ("text_encoder", pipe.text_encoder)]
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        modules.append(("text_encoder_2", pipe.text_encoder_2))
+    for prefix, module in modules:
         named = ((name.replace(".base_layer.", "."), param) for name, param in module.named_parameters())
         for name, param in sorted(named, key=lambda item: item[0]):
             if ".lora_" not in name:
@@ -132,18 +157,42 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     return prepare(model_id, _load_pipeline(model_id, torch_dtype), torch_device, torch_dtype)
 
 
-def prepare(model_id: str, pipe: StableDiffusionPipeline, device: torch.device, dtype: torch.dtype) -> BaseModel:
+def prepare(model_id: str, pipe: Pipeline, device: torch.device, dtype: torch.dtype) -> BaseModel:
     """A loaded pipeline (weights already in ``dtype``) frozen, in eval mode, with DDIM, on ``device``."""
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    base = BaseModel(model_id, pipe, device, dtype)
+    for module in (pipe.unet, pipe.vae, *base.text_encoders):
         module.requires_grad_(False)
         module.eval()
     pipe.to(device)
-    return BaseModel(model_id, pipe, device, dtype)
+    return base
 
 
-def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
+def pipeline_class(model_index: dict, what: str) -> type[Pipeline]:
+    """The pipeline class a diffusers folder's ``model_index.json`` names, if imagic-lora supports it."""
+    name = str(model_index.get("_class_name", ""))
+    if "XL" in name and "Refiner" not in name and "Img2Img" not in name:
+        return StableDiffusionXLPipeline
+    if name.startswith("StableDiffusion") and "XL" not in name and "3" not in name:
+        return StableDiffusionPipeline
+    raise ModelLoadError(f"{what} is a {name or 'pipeline of unknown kind'}, which imagic-lora does not edit with. "
+                         f"Supported: {supported()}")
+
+
+def _pretrained_loader(source: str | Path, torch_dtype: torch.dtype, what: str, local: bool):
+    """Load a diffusers folder or hub id with the pipeline class its ``model_index.json`` names."""
+    def load() -> Pipeline:
+        try:
+            cls = pipeline_class(DiffusionPipeline.load_config(str(source), local_files_only=local), what)
+        except OSError:  # not reachable or not cached: SD's loader says which, in its own words
+            cls = StableDiffusionPipeline
+        extra = {"safety_checker": None} if cls is StableDiffusionPipeline else {"add_watermarker": False}
+        return cls.from_pretrained(source, dtype=torch_dtype, local_files_only=local, **extra)
+    return load
+
+
+def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> Pipeline:
     if model_id in BUILTIN_MODELS:
         pipe = BUILTIN_MODELS[model_id]()
         return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
@@ -159,10 +208,7 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
         )
     elif path.is_dir():
         what, hint = f"the diffusers folder {str(path)!r}", "a complete diffusers folder"
-        loader = functools.partial(
-            StableDiffusionPipeline.from_pretrained, path, dtype=torch_dtype, safety_checker=None,
-            local_files_only=True,
-        )
+        loader = _pretrained_loader(path, torch_dtype, what, local=True)
     elif model_id.startswith((".", "/", "~")) or model_id.endswith(".safetensors"):
         raise ModelLoadError(
             f"model path {model_id!r} does not exist. Try: --model {TINY_MODEL} to try the tool offline"
@@ -171,9 +217,7 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> StableDiffusionPi
         what, hint = f"{model_id!r} from the Hugging Face hub or its cache", (
             "a hub id already in the cache, a local diffusers folder or a .safetensors checkpoint"
         )
-        loader = functools.partial(
-            StableDiffusionPipeline.from_pretrained, model_id, dtype=torch_dtype, safety_checker=None
-        )
+        loader = _pretrained_loader(model_id, torch_dtype, what, local=False)
     try:
         pipe = loader()
     except ModelLoadError:
@@ -192,8 +236,8 @@ def _first_sentence(ex: Exception) -> str:
     return text.split(". ")[0].split(" (")[0].rstrip(".")[:200]
 
 
-def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPipeline:
-    """An original-format SD 1.x/2.x checkpoint, with the shipped config folder of its family: no hub access."""
+def _load_single_file(path: Path, torch_dtype: torch.dtype) -> Pipeline:
+    """An original-format SD 1.x/2.x/XL checkpoint, with the shipped config folder of its family: no hub access."""
     if path.suffix != ".safetensors":
         raise ModelLoadError(
             f"{path} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
@@ -205,20 +249,24 @@ def _load_single_file(path: Path, torch_dtype: torch.dtype) -> StableDiffusionPi
     except (SafetensorError, OSError) as ex:
         raise ModelLoadError(f"{path} is not a readable .safetensors file: {_first_sentence(ex)}") from None
     family = identify_checkpoint(shapes, str(path))
+    cls = PIPELINES[family.pipeline]
+    extra = {"add_watermarker": False} if family.is_xl else {"safety_checker": None}
     with config_folder(family.name) as folder:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(folder), local_files_only=True, dtype=torch_dtype, safety_checker=None,
-        )
+        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, dtype=torch_dtype, **extra)
     if V_PREDICTION_MARKER in shapes and family.prediction_type != "v_prediction":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
     return pipe
 
 
-def check_tokenizer(pipe: StableDiffusionPipeline, what: str) -> None:
-    """Refuse a tokenizer that does not fit the text encoder (an incomplete folder loads a 2-token one silently)."""
-    tokens, expected = len(pipe.tokenizer), pipe.text_encoder.config.vocab_size
-    if tokens != expected:
-        raise ModelLoadError(
-            f"{what} has a tokenizer of {tokens} tokens for a text encoder of {expected}: its tokenizer files "
-            "are missing or wrong. Try: a complete diffusers folder (tokenizer/vocab.json and merges.txt)"
-        )
+def check_tokenizer(pipe: Pipeline, what: str) -> None:
+    """Refuse a tokenizer that does not fit its text encoder (an incomplete folder loads a 2-token one silently)."""
+    pairs = [("tokenizer", pipe.tokenizer, pipe.text_encoder)]
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        pairs.append(("tokenizer_2", pipe.tokenizer_2, pipe.text_encoder_2))
+    for folder, tokenizer, encoder in pairs:
+        tokens, expected = len(tokenizer), encoder.config.vocab_size
+        if tokens != expected:
+            raise ModelLoadError(
+                f"{what} has a tokenizer of {tokens} tokens for a text encoder of {expected}: its tokenizer files "
+                f"are missing or wrong. Try: a complete diffusers folder ({folder}/vocab.json and merges.txt)"
+            )

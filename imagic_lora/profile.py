@@ -3,7 +3,8 @@
 Tensors: ``e_opt`` (fp32), ``source_embedding`` (fp16), ``thumbnail`` (uint8),
 ``base_sample`` (fp16) and the LoRA weights under ``unet.*`` in diffusers naming (fp16); from format
 version 2 also ``image_latents`` (the VAE latents trained on) and ``start_latents`` (their DDIM
-inversion under e_opt and the adapter), both fp16.
+inversion under e_opt and the adapter), both fp16; from format version 3 (SDXL profiles) also
+``e_opt_pooled`` (fp32) and ``source_pooled`` (fp16), the pooled embeddings of SDXL's second text encoder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from .conditioning import Condition
 from .errors import InvalidProfileFile
 from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP
 from .validate import (
@@ -25,19 +27,22 @@ from .validate import (
     FORMAT,
     FORMAT_VERSION,
     MAX_FILE_BYTES,
+    XL_FORMAT_VERSION,
     check_name,
     data_section,
     parse_json,
     read_header,
 )
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "Profile", "check_name", "parse_json", "read_header"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "XL_FORMAT_VERSION", "Profile", "check_name", "parse_json",
+           "read_header"]
 
 LORA_KEY = re.compile(r"unet\.[A-Za-z0-9_.]+\.lora\.(down|up)\.weight")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TOKENS, MAX_DIM, MAX_LORA_DIM = 1024, 8192, 65536
 FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
 LATENT_TENSORS = ("image_latents", "start_latents")  # format version 2
+POOLED_TENSORS = ("e_opt_pooled", "source_pooled")  # format version 3
 MAX_LATENT_CHANNELS, MAX_LATENT_SIDE = 64, MAX_RESOLUTION // 4
 MAX_INVERSION_STEPS = 1000
 REQUIRED_METADATA = {
@@ -59,10 +64,23 @@ class Profile:
     metadata: dict = field(default_factory=dict)
     image_latents: torch.Tensor | None = None  # None in format version 1 files
     start_latents: torch.Tensor | None = None
+    e_opt_pooled: torch.Tensor | None = None  # SDXL only
+    source_pooled: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
+        if self.e_opt_pooled is not None:
+            return XL_FORMAT_VERSION
         return 1 if self.start_latents is None else FORMAT_VERSION
+
+    @property
+    def condition(self) -> Condition:
+        """The optimized conditioning e_opt, with SDXL's pooled part."""
+        return Condition(self.e_opt, self.e_opt_pooled)
+
+    @property
+    def source_condition(self) -> Condition:
+        return Condition(self.source_embedding, self.source_pooled)
 
     @property
     def inversion_steps(self) -> int | None:
@@ -92,6 +110,9 @@ class Profile:
         if self.start_latents is not None:
             tensors["image_latents"] = self.image_latents.half().contiguous()
             tensors["start_latents"] = self.start_latents.half().contiguous()
+        if self.e_opt_pooled is not None:
+            tensors["e_opt_pooled"] = self.e_opt_pooled.float().contiguous()
+            tensors["source_pooled"] = self.source_pooled.half().contiguous()
         header = {
             "format": FORMAT,
             "format_version": str(self.format_version),
@@ -114,7 +135,7 @@ class Profile:
             raise InvalidProfileFile(f"{source} is not a valid safetensors file: {ex}") from None
         _check_tensors(tensors, metadata, version, source)
         lora = {k: v.float() for k, v in tensors.items() if k.startswith("unet.")}
-        latents = {k: tensors[k].float() if k in tensors else None for k in LATENT_TENSORS}
+        latents = {k: tensors[k].float() if k in tensors else None for k in LATENT_TENSORS + POOLED_TENSORS}
         return cls(
             name=check_name(header["name"]),
             e_opt=tensors["e_opt"].float(),
@@ -164,7 +185,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, version: in
     def fail(what: str) -> None:
         raise InvalidProfileFile(f"{source}: {what}")
 
-    expected = FIXED_TENSORS + (LATENT_TENSORS if version >= 2 else ())
+    expected = FIXED_TENSORS + (LATENT_TENSORS if version >= 2 else ()) + (POOLED_TENSORS if version >= 3 else ())
     for key in expected:
         if key not in tensors:
             fail(f"missing tensor {key!r}")
@@ -191,6 +212,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, version: in
     _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata["lora"]["rank"], fail)
     if version >= 2:
         _check_latent_shapes(tensors["image_latents"], tensors["start_latents"], fail)
+    if version >= 3:
+        _check_pooled_shapes(tensors["e_opt_pooled"], tensors["source_pooled"], fail)
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             fail(f"tensor {key[:120]!r} holds NaN or infinite values")
@@ -213,4 +236,11 @@ def _check_latent_shapes(image: torch.Tensor, start: torch.Tensor, fail) -> None
     if (image.dim() != 4 or shape[0] != 1 or not 1 <= shape[1] <= MAX_LATENT_CHANNELS
             or max(shape[2:]) > MAX_LATENT_SIDE or tuple(start.shape) != shape):
         fail(f"latents of shapes {shape} and {tuple(start.shape)} are not equal [1, channels, height, width] "
+             "of a supported size")
+
+
+def _check_pooled_shapes(e_opt: torch.Tensor, source: torch.Tensor, fail) -> None:
+    shape = tuple(e_opt.shape)
+    if e_opt.dim() != 2 or shape[0] != 1 or not 1 <= shape[1] <= MAX_DIM or tuple(source.shape) != shape:
+        fail(f"pooled embeddings of shapes {shape} and {tuple(source.shape)} are not equal [1, dim] "
              "of a supported size")

@@ -15,7 +15,8 @@ from .limits import MAX_JSON_DEPTH
 
 FORMAT = "imagic-lora-profile"
 FORMAT_VERSION = 2  # 2 adds the image latents and their DDIM inversion; version 1 files are still read
-READABLE_VERSIONS = ("1", "2")
+XL_FORMAT_VERSION = 3  # 3 is 2 plus SDXL's pooled embeddings; only SDXL profiles are written as 3
+READABLE_VERSIONS = ("1", "2", "3")
 CHECKSUM_KEY = "tensors_sha256"
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -82,7 +83,7 @@ def read_header(data: bytes, source: str) -> dict:
     if version not in READABLE_VERSIONS:
         raise InvalidProfileFile(
             f"{source} has profile format version {str(version)[:20]!r}; this imagic-lora reads versions "
-            f"{' and '.join(READABLE_VERSIONS)}. Try: upgrading imagic-lora"
+            f"{', '.join(READABLE_VERSIONS[:-1])} and {READABLE_VERSIONS[-1]}. Try: upgrading imagic-lora"
         )
     if not isinstance(metadata.get("name"), str):
         raise InvalidProfileFile(f"{source} has no profile name in its metadata")

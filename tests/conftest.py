@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from imagic_lora import TINY_MODEL, ProfileStore, TrainConfig, load_model, train
+from imagic_lora import TINY_MODEL, TINY_XL_MODEL, ProfileStore, TrainConfig, load_model, train
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_INPUT = REPO / "profiles" / "example-input.png"
@@ -32,6 +32,11 @@ def image_path(tmp_path) -> Path:
 @pytest.fixture
 def tiny():
     return load_model(TINY_MODEL)
+
+
+@pytest.fixture
+def tiny_xl():
+    return load_model(TINY_XL_MODEL)
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,16 @@ def test_shipped_sd15_configs_build_sd15_exactly():
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == 768
 
 
+def test_shipped_sdxl_configs_build_sdxl_exactly():
+    """Parameter counts of SDXL base 1.0's published UNet, VAE and two text encoders (on meta: no memory)."""
+    pipe = random_pipeline("sdxl", device="meta")
+    counts = (_count(pipe.unet), _count(pipe.vae), _count(pipe.text_encoder), _count(pipe.text_encoder_2))
+    assert counts == (2_567_463_684, 83_653_863, 123_060_480, 694_659_840)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 1024
+    assert pipe.unet.config.cross_attention_dim == 768 + 1280 == pipe.text_encoder_2.config.hidden_size + 768
+    assert pipe.unet.config.projection_class_embeddings_input_dim == 6 * 256 + pipe.text_encoder_2.config.projection_dim
+
+
 def test_unknown_family_is_refused():
-    with pytest.raises(InvalidConfig, match="unknown model family 'sdxl'"):
-        random_pipeline("sdxl")
+    with pytest.raises(InvalidConfig, match="unknown model family 'sd3'"):
+        random_pipeline("sd3")

@@ -84,11 +84,12 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
          "Try: a folder written by save_pretrained or downloaded from the hub"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", bogus],
          f"Error: {bogus} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights). "
-         "Try: a single-file checkpoint of SD 1.x (CLIP ViT-L, 768-d) or SD 2.x (OpenCLIP ViT-H, 1024-d), "
-         "or a diffusers folder"),
+         "Try: a single-file checkpoint of SD 1.x (CLIP ViT-L, 768-d), SD 2.x (OpenCLIP ViT-H, 1024-d) or SDXL "
+         "(CLIP ViT-L + OpenCLIP ViT-bigG, 2048-d), or a diffusers folder"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", sdxl_like],
          f"Error: {sdxl_like} is a checkpoint imagic-lora cannot identify (1 UNet weights, cross-attention width "
-         "2048, text encoder: none). Supported: SD 1.x (CLIP ViT-L, 768-d) or SD 2.x (OpenCLIP ViT-H, 1024-d). "
+         "2048, text encoder: OpenCLIP). Supported: SD 1.x (CLIP ViT-L, 768-d), SD 2.x (OpenCLIP ViT-H, 1024-d) "
+         "or SDXL (CLIP ViT-L + OpenCLIP ViT-bigG, 2048-d). "
          "Try: a diffusers folder of the model"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", fake],
          f"Error: {fake} is not a readable .safetensors file: Error while deserializing header: "
@@ -186,7 +187,7 @@ def hostile_files(data: bytes, tmp_path):
         ("other", rewrite(data, header={"format": "something-else"}),
          "is not an imagic-lora profile (no 'imagic-lora-profile' metadata)"),
         ("future", rewrite(data, header={"format_version": "99"}),
-         "has profile format version '99'; this imagic-lora reads versions 1 and 2. Try: upgrading imagic-lora"),
+         "has profile format version '99'; this imagic-lora reads versions 1, 2 and 3. Try: upgrading imagic-lora"),
         ("badjson", rewrite(data, header={"profile": "{not json"}), "has unreadable profile metadata (not JSON)"),
         ("nometa", with_metadata(data, base_model=None), "metadata lacks 'base_model' (expected str)"),
         ("missing", rewrite(data, tensors={"e_opt": None}), ": missing tensor 'e_opt'"),
@@ -267,8 +268,8 @@ def test_profile_for_another_architecture_is_refused_even_when_forced(store_with
     other = tmp_path / "arch.imagic.safetensors"
     other.write_bytes(rewrite(profile_bytes, tensors={
         "e_opt": torch.zeros(1, 77, 16), "source_embedding": torch.zeros(1, 77, 16, dtype=torch.float16)}))
-    expected = ("Error: profile 'ball' does not fit 'builtin:tiny': it was made for 'builtin:tiny' with another "
-                "architecture. Try: --model builtin:tiny")
+    expected = ("Error: profile 'ball' does not fit 'builtin:tiny': it was made for 'builtin:tiny' (a model with "
+                "16-d text embeddings), and this model is a model with 32-d text embeddings. Try: --model builtin:tiny")
     for force in ([], ["--force"]):
         check_refused(["apply", "file", other, "a dog", *force], expected, store_with_ball)
 

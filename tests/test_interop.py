@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from imagic_lora import ApplyConfig, ProfileStore, apply, load_model
-from imagic_lora.method import encode_prompt, interpolate
+from imagic_lora.conditioning import interpolate
+from imagic_lora.method import encode_prompt
 
 CONFIG = ApplyConfig(alphas=(0.7,), steps=4)
 
@@ -19,9 +20,9 @@ def plain_pipeline_image(profile, lora_file):
     base = load_model("builtin:tiny")
     pipe = base.pipe
     pipe.load_lora_weights(str(lora_file))
-    embeds = interpolate(encode_prompt(base, "a blue ball"), profile.e_opt, 0.7)
+    embeds = interpolate(encode_prompt(base, "a blue ball"), profile.condition, 0.7).embeds
     image = pipe(
-        prompt_embeds=embeds, negative_prompt_embeds=encode_prompt(base, ""), num_inference_steps=4,
+        prompt_embeds=embeds, negative_prompt_embeds=encode_prompt(base, "").embeds, num_inference_steps=4,
         guidance_scale=7.5, height=64, width=64, generator=[torch.Generator().manual_seed(0)],
     ).images[0]
     return np.asarray(image).astype(int)

@@ -8,15 +8,16 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_unet_state_dict_to_peft
 
 from imagic_lora import ApplyConfig, IncompatibleProfile, TrainConfig, TrainingDiverged
+from imagic_lora.conditioning import Condition, interpolate
 from imagic_lora.images import fit_image, load_image, to_tensor
 from imagic_lora.lora import fused_lora, remove_lora
 from imagic_lora.method import (
     diffusion_loss,
     encode_image,
+    encode_negative,
     encode_prompt,
     finetune_lora,
     generate,
-    interpolate,
     optimize_embedding,
 )
 from imagic_lora.models import _named_weights
@@ -38,7 +39,7 @@ def _eval_loss(base, latents, embedding, eval_set):
     timesteps, noise = eval_set
     count = len(timesteps)
     return diffusion_loss(
-        base, latents.expand(count, -1, -1, -1), embedding.expand(count, -1, -1), timesteps, noise
+        base, latents.expand(count, -1, -1, -1), embedding.expand(count), timesteps, noise
     ).item()
 
 
@@ -63,7 +64,7 @@ def test_stage1_lowers_the_loss_on_a_fixed_evaluation_set(tiny):
     after = _eval_loss(tiny, latents, e_opt, eval_set)
     assert len(result.losses) == 60
     assert after < before - 3e-3, (before, after)
-    assert not torch.equal(e_opt, source)
+    assert not torch.equal(e_opt.embeds, source.embeds)
 
 
 def test_stage1_leaves_the_unet_frozen(tiny):
@@ -95,9 +96,9 @@ def test_stage2_keeps_base_weights_and_changes_the_output(tiny, optimizer):
 
 def test_lora_fused_twice_gives_the_identical_image(tiny, trained):
     with fused_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha):
-        first = _image(tiny, trained.e_opt, alpha=0.7)
+        first = _image(tiny, trained.condition, alpha=0.7)
     with fused_lora(tiny.pipe.unet, trained.lora, trained.rank, trained.lora_alpha):
-        assert np.array_equal(_image(tiny, trained.e_opt, alpha=0.7), first)
+        assert np.array_equal(_image(tiny, trained.condition, alpha=0.7), first)
 
 
 def test_fused_adapter_matches_the_peft_adapter(tiny, trained):
@@ -134,7 +135,7 @@ def test_fused_lora_refuses_an_adapter_of_another_shape(tiny, trained):
 
 def test_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(tiny):
     """With no adapter and α = 1 our generate equals StableDiffusionPipeline(prompt=...)."""
-    unused_e_opt = torch.randn(1, 77, tiny.embedding_dim)
+    unused_e_opt = Condition(torch.randn(1, 77, tiny.embedding_dim))
     ours = generate(tiny, unused_e_opt, PROMPT, ApplyConfig(alphas=(1.0,), steps=5), 64, progress=False)[0][2]
     c = tiny.pipe.components
     plain = StableDiffusionPipeline(**c)
@@ -146,11 +147,16 @@ def test_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(tin
     assert np.array_equal(np.asarray(ours), np.asarray(theirs))
 
 
-def test_interpolate_endpoints():
-    e_new, e_opt = torch.randn(1, 77, 8), torch.randn(1, 77, 8)
-    assert torch.equal(interpolate(e_new, e_opt, 0.0), e_opt)
-    assert torch.equal(interpolate(e_new, e_opt, 1.0), e_new)
-    assert torch.allclose(interpolate(e_new, e_opt, 0.7), 0.7 * e_new + 0.3 * e_opt)
+@pytest.mark.parametrize("pooled", [False, True])
+def test_interpolate_endpoints(pooled):
+    e_new = Condition(torch.randn(1, 77, 8), torch.randn(1, 4) if pooled else None)
+    e_opt = Condition(torch.randn(1, 77, 8), torch.randn(1, 4) if pooled else None)
+    for alpha in (0.0, 0.7, 1.0):
+        mixed = interpolate(e_new, e_opt, alpha)
+        for ours, new, opt in zip(mixed.tensors(), e_new.tensors(), e_opt.tensors(), strict=True):
+            assert torch.allclose(ours, alpha * new + (1 - alpha) * opt)
+    assert torch.equal(interpolate(e_new, e_opt, 0.0).embeds, e_opt.embeds)
+    assert (interpolate(e_new, e_opt, 1.0).pooled is None) == (not pooled)
 
 
 def test_loss_target_follows_prediction_type(tiny):
@@ -159,7 +165,8 @@ def test_loss_target_follows_prediction_type(tiny):
     timesteps, noise = torch.tensor([500]), torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
     scheduler = tiny.pipe.scheduler
     with torch.no_grad():
-        prediction = tiny.pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embedding).sample
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction = tiny.pipe.unet(noisy, timesteps, embedding.embeds).sample
         epsilon = diffusion_loss(tiny, latents, embedding, timesteps, noise)
         scheduler.register_to_config(prediction_type="v_prediction")
         velocity = diffusion_loss(tiny, latents, embedding, timesteps, noise)
@@ -191,3 +198,36 @@ def test_low_precision_frozen_weights_train_fp32_adapters_and_match_the_fp32_fin
     latents = _latents(base)
     lora, result = finetune_lora(base, latents, encode_prompt(base, PROMPT), FAST, torch.Generator(), False)
     assert all(np.isfinite(result.losses)) and all(v.dtype == torch.float32 for v in lora.values())
+
+
+def test_xl_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(tiny_xl):
+    """SDXL: with no adapter and α = 1 our generate equals StableDiffusionXLPipeline given the same embeddings."""
+    from diffusers import StableDiffusionXLPipeline
+
+    unused_e_opt = Condition(torch.randn(1, 77, tiny_xl.embedding_dim), torch.randn(1, tiny_xl.pooled_dim))
+    ours = generate(tiny_xl, unused_e_opt, PROMPT, ApplyConfig(alphas=(1.0,), steps=5), 64, progress=False)[0][2]
+    plain = StableDiffusionXLPipeline(**tiny_xl.pipe.components)
+    plain.set_progress_bar_config(disable=True)
+    embeds, _, pooled, _ = plain.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)
+    theirs = plain(
+        prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=5, guidance_scale=7.5,
+        height=64, width=64, generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs)), "and the pipeline's own negative: zeros"
+    negative = encode_negative(tiny_xl, "")
+    assert not negative.embeds.any() and not negative.pooled.any()
+    assert encode_negative(tiny_xl, "blurry").embeds.any(), "a negative prompt given is encoded"
+
+
+def test_xl_stage1_optimizes_the_pooled_embedding_too(tiny_xl):
+    latents = _latents(tiny_xl)
+    source = encode_prompt(tiny_xl, PROMPT)
+    assert source.embeds.shape == (1, 77, 64) and source.pooled.shape == (1, 32)
+    eval_set = _eval_set(tiny_xl, latents)
+    before = _eval_loss(tiny_xl, latents, source, eval_set)
+    config = TrainConfig(embedding_steps=40, embedding_lr=1e-1)
+    e_opt, _ = optimize_embedding(tiny_xl, latents, source, config, torch.Generator().manual_seed(0), False)
+    assert _eval_loss(tiny_xl, latents, e_opt, eval_set) < before
+    assert not torch.equal(e_opt.pooled, source.pooled), "the pooled embedding is optimized with the tokens"
+    pooled_only = Condition(source.embeds, e_opt.pooled)
+    assert _eval_loss(tiny_xl, latents, pooled_only, eval_set) != before, "and the UNet listens to it"
