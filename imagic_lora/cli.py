@@ -478,7 +478,7 @@ def bench_schedules(cases, seed, out) -> None:
 @click.option("--family", type=click.Choice(BENCH_FAMILIES), default="sd15", show_default=True,
               help="Architecture, built from shipped configs (tiny: the built-in test model, for dry runs).")
 @click.option("--resolution", type=int, default=None,
-              help="Image size in pixels [default: the family's: 512 for sd15, 768 for sd21].")
+              help="Image size in pixels [default: the family's: 512 for sd15, 768 for sd21, 1024 for sdxl].")
 @click.option("--steps", type=int, default=3, show_default=True, help="Timed training steps per stage.")
 @click.option("--apply-steps", type=int, default=10, show_default=True, help="Sampling steps timed in apply.")
 @click.option("--apply-images", type=int, default=2, show_default=True, help="Images per sampling batch.")

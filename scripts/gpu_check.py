@@ -1,14 +1,16 @@
-"""The GPU check: what only a CUDA machine can tell, in one run of under 8 minutes, written as JSON.
+"""The GPU check: what only a CUDA machine can tell, in one run of under 9 minutes, written as JSON.
 
 On a lent GPU machine (see the README, "Measuring on a GPU"):
 
     python scripts/gpu_check.py --out "$OUT"
 
-1. the ``gpu``-marked tests; 2. ``imagic-lora bench train`` for SD 1.5 at 512 px and SD 2.1 at
-768 px (random weights, real architectures), imagic-lora against classic Imagic; 3. one end-to-end
-``train`` + ``apply`` on CUDA with the default schedule on SD 1.5's architecture at 512 px.
+1. ``imagic-lora bench train`` for SDXL at 1024 px (random weights, real architecture), imagic-lora
+against classic Imagic; 2. one end-to-end ``train`` + ``apply`` on CUDA with the default schedule
+on SDXL's architecture at 1024 px, with each command's peak CUDA memory; 3. ``bench train`` for
+SD 1.5 at 512 px and SD 2.1 at 768 px; 4. the ``gpu``-marked tests; 5. the end-to-end run on SD 1.5
+at 512 px. The JSON is rewritten after every step, so a run cut short still reports what it measured.
 
-``--dry`` runs the same steps on this CPU at toy sizes (the built-in tiny model, 64 px, 2 steps),
+``--dry`` runs the same steps on this CPU at toy sizes (the built-in tiny models, 64 px, 2 steps),
 so the script is exercised by the test suite and does not rot.
 """
 
@@ -23,35 +25,43 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PEAK_PREFIX = "peak_cuda_bytes="
+BENCH = ["--steps", "3", "--apply-steps", "10"]
 FULL = {
     "device": "cuda",
-    "benches": [("sd15", 512), ("sd21", 768)],
-    "bench_steps": ["--steps", "3", "--apply-steps", "10"],
-    "e2e_family": "sd15", "e2e_resolution": 512, "e2e_train": [], "e2e_apply": [],
+    "plan": [("bench", "sdxl", 1024), ("e2e", "sdxl", 1024), ("bench", "sd15", 512), ("bench", "sd21", 768),
+             ("tests", None, None), ("e2e", "sd15", 512)],
+    "bench_steps": BENCH, "e2e_train": [], "e2e_apply": [],
 }
 DRY = {
     "device": "cpu",
-    "benches": [("tiny", 64)],
+    "plan": [("bench", "tiny-xl", 64), ("e2e", "tiny-xl", 64), ("tests", None, None)],
     "bench_steps": ["--steps", "1", "--apply-steps", "2", "--apply-images", "1"],
-    "e2e_family": "tiny", "e2e_resolution": 64,
     "e2e_train": ["--embedding-steps", "2", "--lora-steps", "2"], "e2e_apply": ["--steps", "2"],
 }
+BUILTIN = {"tiny": "builtin:tiny", "tiny-xl": "builtin:tiny-xl"}
 
 
 def step(name: str, command: list[str], env: dict[str, str]) -> dict:
-    """Run one command, echo its output, and return its exit code, seconds and closing lines."""
+    """Run one command, echo its output, and return its exit code, seconds, peak CUDA memory and closing lines."""
     print(f"== {name}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           check=False)
     seconds = time.perf_counter() - start
     print(done.stdout[-4000:], flush=True)
+    lines = done.stdout.strip().splitlines()
+    peaks = [int(line[len(PEAK_PREFIX):]) for line in lines if line.startswith(PEAK_PREFIX)]
     return {"name": name, "command": command, "exit_code": done.returncode, "seconds": round(seconds, 1),
-            "tail": done.stdout.strip().splitlines()[-15:]}
+            "peak_cuda_bytes": peaks[-1] if peaks else None, "tail": lines[-15:]}
 
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "imagic_lora.cli", *args]
+
+
+def cli_with_peak(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "cuda_peak.py"), *args]
 
 
 def save_random_model(family: str, folder: Path) -> None:
@@ -60,41 +70,58 @@ def save_random_model(family: str, folder: Path) -> None:
 
     from imagic_lora.bench.architectures import random_pipeline
 
-    random_pipeline(family).to(dtype=torch.float16).save_pretrained(folder, safe_serialization=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    random_pipeline(family, device=device, dtype=torch.float16).save_pretrained(folder, safe_serialization=True)
+
+
+def bench(settings: dict, family: str, resolution: int, out: Path, env: dict) -> dict:
+    bench_out = out / f"bench-{family}-{resolution}"
+    result = step(f"bench train {family} {resolution}px",
+                  cli("bench", "train", "--family", family, "--resolution", str(resolution), "--device",
+                      settings["device"], *settings["bench_steps"], "--out", str(bench_out)), env)
+    train_json = bench_out / "train.json"
+    result["results"] = json.loads(train_json.read_text()) if train_json.is_file() else None
+    return result
+
+
+def end_to_end(settings: dict, family: str, resolution: int, out: Path, env: dict) -> list[dict]:
+    """``train`` with the default schedule then ``apply``, as a user runs them, on a saved random model."""
+    model = BUILTIN.get(family) or str(out / f"model-{family}")
+    if not model.startswith("builtin:"):
+        save_random_model(family, Path(model))
+    image = str(REPO / "profiles" / "example-input.png")
+    name = f"check-{family}"
+    trained = step(f"train {family} {resolution}px",
+                   cli_with_peak("train", name, image, "--prompt", "a red ball on green grass", "--model", model,
+                                 "--resolution", str(resolution), "--device", settings["device"], "--replace",
+                                 *settings["e2e_train"]), env)
+    applied = step(f"apply {family} {resolution}px",
+                   cli_with_peak("apply", "profile", name, "a blue ball on green grass", "--device",
+                                 settings["device"], "--out", str(out / f"images-{family}"), *settings["e2e_apply"]),
+                   env)
+    return [trained, applied]
 
 
 def run(settings: dict, out: Path, dry: bool) -> dict:
     env = {**os.environ, "IMAGIC_LORA_USER_PATH": str(out / "user"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     results: dict = {"dry": dry, "steps": []}
-    # 1. the gpu-marked tests (pytest's exit code 5: none collected, as on a CPU)
-    tests = step("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                               "tests/test_gpu.py"], env)
-    results["steps"].append(tests)
-    # 2. memory and speed on the real architectures
-    for family, resolution in settings["benches"]:
-        bench_out = out / f"bench-{family}-{resolution}"
-        bench = step(f"bench train {family} {resolution}px",
-                     cli("bench", "train", "--family", family, "--resolution", str(resolution), "--device",
-                         settings["device"], *settings["bench_steps"], "--out", str(bench_out)), env)
-        train_json = bench_out / "train.json"
-        bench["results"] = json.loads(train_json.read_text()) if train_json.is_file() else None
-        results["steps"].append(bench)
-    # 3. end to end, as a user runs it
-    model = "builtin:tiny" if settings["e2e_family"] == "tiny" else str(out / "model")
-    if not model.startswith("builtin:"):
-        save_random_model(settings["e2e_family"], Path(model))
-    image = str(REPO / "profiles" / "example-input.png")
-    resolution = str(settings["e2e_resolution"])
-    results["steps"].append(step("train", cli("train", "check", image, "--prompt", "a red ball on green grass",
-                                              "--model", model, "--resolution", resolution, "--device",
-                                              settings["device"], "--replace", *settings["e2e_train"]), env))
-    results["steps"].append(step("apply", cli("apply", "profile", "check", "a blue ball on green grass", "--device",
-                                              settings["device"], "--out", str(out / "images"),
-                                              *settings["e2e_apply"]), env))
+    for kind, family, resolution in settings["plan"]:
+        if kind == "bench":
+            results["steps"].append(bench(settings, family, resolution, out, env))
+        elif kind == "e2e":
+            results["steps"] += end_to_end(settings, family, resolution, out, env)
+        else:  # the gpu-marked tests (pytest's exit code 5: none collected, as on a CPU)
+            results["steps"].append(step("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                                                       "no:cacheprovider", "tests/test_gpu.py"], env))
+        write(results, out)
     results["ok"] = all(s["exit_code"] in (0, 5) if s["name"] == "gpu tests" else s["exit_code"] == 0
                         for s in results["steps"])
     return results
+
+
+def write(results: dict, out: Path) -> None:
+    (out / "gpu-check.json").write_text(json.dumps(results, indent=1))
 
 
 def main() -> None:
@@ -106,7 +133,7 @@ def main() -> None:
     start = time.perf_counter()
     results = run(DRY if args.dry else FULL, args.out, args.dry)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "gpu-check.json").write_text(json.dumps(results, indent=1))
+    write(results, args.out)
     print(f"{'OK' if results['ok'] else 'FAILED'} in {results['seconds']} s; wrote {args.out / 'gpu-check.json'}")
     sys.exit(0 if results["ok"] else 1)
 

@@ -14,9 +14,10 @@ from imagic_lora.lora import fused_lora
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+@pytest.mark.parametrize("model", ["builtin:tiny", "builtin:tiny-xl"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_training_on_cuda_in_half_precision_gives_a_finite_adapter_and_restores_weights(image_path, dtype):
-    base = load_model("builtin:tiny", device="cuda", dtype=dtype)
+def test_training_on_cuda_in_half_precision_gives_a_finite_adapter_and_restores_weights(image_path, dtype, model):
+    base = load_model(model, device="cuda", dtype=dtype)
     before = {k: v.clone() for k, v in base.pipe.unet.state_dict().items()}
     config = TrainConfig(embedding_steps=5, lora_steps=10, lora_lr=1e-2)
     profile = train("gpu", image_path, PROMPT, model=base, config=config, store=ProfileStore(), progress=False)
@@ -26,6 +27,8 @@ def test_training_on_cuda_in_half_precision_gives_a_finite_adapter_and_restores_
     after = base.pipe.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert next(base.pipe.unet.parameters()).device.type == "cuda"
+    assert base.pipe.vae.dtype == base.dtype, "the VAE is back in its dtype after encoding in fp32"
+    assert all(torch.isfinite(t).all() for t in (profile.start_latents, *profile.condition.tensors()))
 
 
 def test_sd15_architecture_trains_and_applies_on_cuda_at_512(image_path, tmp_path):

@@ -15,8 +15,9 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
     results = json.loads((tmp_path / "gpu-check.json").read_text())
     assert results["ok"] and results["dry"]
     names = [step["name"] for step in results["steps"]]
-    assert names == ["gpu tests", "bench train tiny 64px", "train", "apply"]
-    bench = results["steps"][1]["results"]
+    assert names == ["bench train tiny-xl 64px", "train tiny-xl 64px", "apply tiny-xl 64px", "gpu tests"]
+    bench = results["steps"][0]["results"]
     for recipe in ("imagic-lora", "classic"):
         assert bench[recipe]["finetune"]["peak_bytes"] > 0
-    assert len(list((tmp_path / "images").glob("*.png"))) == 1
+    assert results["steps"][1]["peak_cuda_bytes"] == 0, "the peak is read from the command's output (0 on a CPU)"
+    assert len(list((tmp_path / "images-tiny-xl").glob("*.png"))) == 1

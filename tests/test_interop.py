@@ -78,3 +78,41 @@ def test_lora_alpha_changes_the_output_so_the_match_above_checks_the_scale(train
                        config=CONFIG, progress=False)
         images.append(np.asarray(Image.open(path)))
     assert not np.array_equal(*images)
+
+
+@pytest.fixture(scope="module")
+def trained_xl(tmp_path_factory):
+    """One profile trained on the tiny SDXL."""
+    from conftest import EXAMPLE_INPUT, FAST, PROMPT
+
+    from imagic_lora import train
+
+    store = ProfileStore(tmp_path_factory.mktemp("xl") / "profiles.db")
+    return train("xl", EXAMPLE_INPUT, PROMPT, model="builtin:tiny-xl", config=FAST, store=store, progress=False)
+
+
+@pytest.mark.parametrize("lora_format", ["diffusers", "kohya"])
+def test_sdxl_export_loads_in_the_sdxl_pipeline_and_matches_our_output(trained_xl, tmp_path, lora_format):
+    """Kohya SDXL files use the original UNet's block names (input_blocks.4.1...), which diffusers maps back."""
+    ProfileStore().save(trained_xl)
+    lora_file = tmp_path / f"xl-{lora_format}.safetensors"
+    result = run("profiles", "export", "xl", lora_file, "--lora-only", "--format", lora_format)
+    assert result.exit_code == 0, result.output
+    keys = load_file(lora_file).keys()
+    if lora_format == "kohya":
+        assert any(k.startswith("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.") for k in keys)
+        assert any(k.startswith("lora_unet_output_blocks_0_1_") for k in keys)
+        assert not any("down_blocks" in k or "up_blocks" in k for k in keys)
+    [ours] = apply(trained_xl, "a blue ball", out_dir=tmp_path / "ours", model="builtin:tiny-xl", config=CONFIG,
+                   progress=False)
+
+    base = load_model("builtin:tiny-xl")
+    base.pipe.load_lora_weights(str(lora_file))
+    e_new = encode_prompt(base, "a blue ball")
+    mixed = interpolate(e_new, trained_xl.condition, 0.7)
+    theirs = base.pipe(
+        prompt_embeds=mixed.embeds, pooled_prompt_embeds=mixed.pooled, num_inference_steps=4, guidance_scale=7.5,
+        height=64, width=64, generator=[torch.Generator().manual_seed(0)],
+    ).images[0]
+    difference = np.abs(np.asarray(Image.open(ours)).astype(int) - np.asarray(theirs).astype(int))
+    assert difference.max() <= 1, difference.max()  # identical up to rounding

@@ -80,15 +80,22 @@ def _load(config: TrainBenchConfig, recipe: str) -> BaseModel:
     device = choose_device(config.device)
     half = choose_dtype(device) if device.type == "cuda" else torch.bfloat16
     dtype = torch.float32 if recipe == CLASSIC else half
-    return prepare(f"random {config.family}", random_pipeline(config.family).to(dtype=dtype), device, dtype)
+    # built on the accelerator, in its dtype: SDXL's fp32 weights would not fit a small machine's memory twice
+    pipe = random_pipeline(config.family, device=str(device), dtype=dtype)
+    return prepare(f"random {config.family}", pipe, device, dtype)
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(recipe: str, config: TrainBenchConfig) -> dict:
-    """Every stage of ``recipe`` on ``config.family`` with random weights: peak memory and seconds."""
+def measure(recipe: str, config: TrainBenchConfig, results: dict | None = None) -> dict:
+    """Every stage of ``recipe`` on ``config.family`` with random weights: peak memory and seconds.
+
+    Each stage's numbers land in ``results`` as soon as it is measured, so a later stage that runs
+    out of memory leaves the earlier ones.
+    """
+    results = {} if results is None else results
     base = _load(config, recipe)
     ours = recipe == OURS
     resolution = config.resolution or base.native_resolution
@@ -98,9 +105,9 @@ def measure(recipe: str, config: TrainBenchConfig) -> dict:
     embedding = encode_prompt(base, PROMPT)
     train = TrainConfig(gradient_checkpointing=ours, offload_encoders=ours)
     pipe = base.pipe
-    resident = module_tensors(pipe.unet) if ours else module_tensors(pipe.unet, pipe.vae, pipe.text_encoder)
-    inputs = [latents, embedding]
-    results: dict = {"recipe": recipe, "dtype": str(base.dtype).removeprefix("torch."), "resolution": resolution}
+    resident = module_tensors(pipe.unet) if ours else module_tensors(pipe.unet, pipe.vae, *base.text_encoders)
+    inputs = [latents, *embedding.tensors()]
+    results.update({"recipe": recipe, "dtype": str(base.dtype).removeprefix("torch."), "resolution": resolution})
     state: dict = {}
 
     def stage1(n: int) -> None:
@@ -118,7 +125,7 @@ def measure(recipe: str, config: TrainBenchConfig) -> dict:
         _log(f"{recipe}: stage 1, embedding ({config.steps} steps)")
         results["embedding"] = _measure(base, resident + inputs, stage1, config.steps)
         _log(f"{recipe}: stage 2, {'LoRA' if ours else 'full UNet'} ({config.steps} steps)")
-        results["finetune"] = _measure(base, resident + inputs + [state["e_opt"]], lora if ours else full,
+        results["finetune"] = _measure(base, resident + inputs + state["e_opt"].tensors(), lora if ours else full,
                                        config.steps)
     if ours:
         results.update(_measure_apply(base, state, config, resolution))
@@ -128,7 +135,7 @@ def measure(recipe: str, config: TrainBenchConfig) -> dict:
 def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resolution: int) -> dict:
     """Images with the profile (adapter fused) against the plain pipeline from the prompt, same steps."""
     pipe, count = base.pipe, config.apply_images
-    resident = module_tensors(pipe.unet, pipe.vae, pipe.text_encoder)
+    resident = module_tensors(pipe.unet, pipe.vae, *base.text_encoders)
     train = TrainConfig()
 
     def plain(steps: int) -> None:
@@ -143,7 +150,8 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
     measured = {}
     for name, run in (("plain", plain), ("apply", profile)):
         _log(f"{OURS}: {name} sampling ({count} images, {config.apply_steps} steps)")
-        measured[name] = _measure(base, [*resident, state["e_opt"]], lambda _, r=run: r(config.apply_steps), 1)
+        measured[name] = _measure(base, [*resident, *state["e_opt"].tensors()], lambda _, r=run: r(config.apply_steps),
+                                  1)
         measured[name]["seconds_each"] = measured[name]["seconds"] / count
     return measured
 
@@ -182,11 +190,22 @@ def per_profile_seconds(results: dict) -> tuple[float, float]:
     return mine, theirs
 
 
+def _peak(recipe: dict, stage: str) -> str:
+    if stage in recipe:
+        return _gib(recipe[stage]["peak_bytes"])
+    oom = recipe.get("out_of_memory")
+    return f"out of memory (> {_gib(oom['peak_bytes'])})" if oom else "not run"
+
+
 def report(results: dict) -> str:
-    """Markdown tables: per stage, ours against classic, with ratios; then apply against plain sampling."""
+    """Markdown tables: per stage, ours against classic, with ratios; then apply against plain sampling.
+
+    A classic stage that ran out of memory is reported as such, with what it held when it failed.
+    """
     ours, classic = results[OURS], results[CLASSIC]
-    if "error" in ours or "error" in classic:
-        return f"imagic-lora: {ours.get('error', 'ok')}; classic: {classic.get('error', 'ok')}"
+    if "error" in ours or "error" in classic or "out_of_memory" in ours:
+        problem = ours.get("error", ours.get("out_of_memory", "ok"))
+        return f"imagic-lora: {problem}; classic: {classic.get('error', 'ok')}"
     lines = [
         f"{results['config']['family']} at {ours['resolution']} px on {results['machine']}",
         "",
@@ -195,19 +214,25 @@ def report(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for stage, label in (("embedding", "1: embedding"), ("finetune", "2: LoRA / full UNet")):
-        a, b = ours[stage], classic[stage]
+        a = ours[stage]
+        if stage not in classic:
+            lines.append(f"| {label} | {_gib(a['peak_bytes'])} | {_peak(classic, stage)} | | {a['seconds_each']:.2f} "
+                         f"| | | {_gib(a['rss_bytes'])} | |")
+            continue
+        b = classic[stage]
         lines.append(
             f"| {label} | {_gib(a['peak_bytes'])} | {_gib(b['peak_bytes'])} "
             f"| {_ratio(a['peak_bytes'], b['peak_bytes'])} "
             f"| {a['seconds_each']:.2f} | {b['seconds_each']:.2f} | {_ratio(a['seconds_each'], b['seconds_each'])} "
             f"| {_gib(a['rss_bytes'])} | {_gib(b['rss_bytes'])} |"
         )
-    mine, theirs = per_profile_seconds(results)
-    train = TrainConfig()
-    lines.append(
-        f"| per profile ({train.embedding_steps}+{train.lora_steps} vs {CLASSIC_STEPS[0]}+{CLASSIC_STEPS[1]} steps) "
-        f"| | | | {mine:.0f} s | {theirs:.0f} s | {_ratio(mine, theirs)} | | |"
-    )
+    if "finetune" in classic:
+        mine, theirs = per_profile_seconds(results)
+        train = TrainConfig()
+        lines.append(
+            f"| per profile ({train.embedding_steps}+{train.lora_steps} vs {CLASSIC_STEPS[0]}+{CLASSIC_STEPS[1]} "
+            f"steps) | | | | {mine:.0f} s | {theirs:.0f} s | {_ratio(mine, theirs)} | | |"
+        )
     plain, apply = ours["plain"], ours["apply"]
     lines += [
         "",
@@ -238,7 +263,15 @@ def _machine(config: TrainBenchConfig) -> str:
 
 def _worker() -> None:
     recipe, settings = sys.argv[1], json.loads(sys.argv[2])
-    print(json.dumps(measure(recipe, TrainBenchConfig(**settings))))
+    results: dict = {}
+    try:
+        measure(recipe, TrainBenchConfig(**settings), results)
+    except torch.OutOfMemoryError:
+        # what was held when the allocation failed is a lower bound of what the stage needs
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+        results["out_of_memory"] = {"peak_bytes": int(peak), "device_bytes": int(total)}
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":
