@@ -7,6 +7,7 @@ LoRA adapter on the UNet (B), interpolate embeddings and generate (C).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -277,7 +278,9 @@ def invert(base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int,
 
     The scheduler is diffusers' ``DDIMInverseScheduler`` built from the model's own scheduler config.
     """
-    scheduler = DDIMInverseScheduler.from_config(base.pipe.scheduler.config)
+    accepted = inspect.signature(DDIMInverseScheduler.__init__).parameters  # SDXL's config has Euler-only keys
+    config = {key: value for key, value in base.pipe.scheduler.config.items() if key in accepted}
+    scheduler = DDIMInverseScheduler.from_config(config)
     scheduler.set_timesteps(steps, device=base.device)
     x = latents.to(base.device, base.dtype)
     condition = e_opt.map(lambda tensor: tensor.to(base.device, base.dtype))

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,9 +85,10 @@ def bench(settings: dict, family: str, resolution: int, out: Path, env: dict) ->
     return result
 
 
-def end_to_end(settings: dict, family: str, resolution: int, out: Path, env: dict) -> list[dict]:
-    """``train`` with the default schedule then ``apply``, as a user runs them, on a saved random model."""
-    model = BUILTIN.get(family) or str(out / f"model-{family}")
+def end_to_end(settings: dict, family: str, resolution: int, out: Path, env: dict, work: Path) -> list[dict]:
+    """``train`` with the default schedule then ``apply``, as a user runs them, on a saved random model
+    (written to ``work``, not ``out``: SDXL's is 7 GB)."""
+    model = BUILTIN.get(family) or str(work / f"model-{family}")
     if not model.startswith("builtin:"):
         save_random_model(family, Path(model))
     image = str(REPO / "profiles" / "example-input.png")
@@ -102,15 +104,15 @@ def end_to_end(settings: dict, family: str, resolution: int, out: Path, env: dic
     return [trained, applied]
 
 
-def run(settings: dict, out: Path, dry: bool) -> dict:
-    env = {**os.environ, "IMAGIC_LORA_USER_PATH": str(out / "user"), "HF_HUB_OFFLINE": "1",
+def run(settings: dict, out: Path, dry: bool, work: Path) -> dict:
+    env = {**os.environ, "IMAGIC_LORA_USER_PATH": str(work / "user"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     results: dict = {"dry": dry, "steps": []}
     for kind, family, resolution in settings["plan"]:
         if kind == "bench":
             results["steps"].append(bench(settings, family, resolution, out, env))
         elif kind == "e2e":
-            results["steps"] += end_to_end(settings, family, resolution, out, env)
+            results["steps"] += end_to_end(settings, family, resolution, out, env, work)
         else:  # the gpu-marked tests (pytest's exit code 5: none collected, as on a CPU)
             results["steps"].append(step("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
                                                        "no:cacheprovider", "tests/test_gpu.py"], env))
@@ -128,10 +130,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="Folder for gpu-check.json and the outputs.")
     parser.add_argument("--dry", action="store_true", help="Toy sizes on the CPU, to check the script itself.")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="Folder for the saved models and the profile store [default: a temporary folder].")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = run(DRY if args.dry else FULL, args.out, args.dry)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or Path(temporary)
+        results = run(DRY if args.dry else FULL, args.out, args.dry, work)
     results["seconds"] = round(time.perf_counter() - start, 1)
     write(results, args.out)
     print(f"{'OK' if results['ok'] else 'FAILED'} in {results['seconds']} s; wrote {args.out / 'gpu-check.json'}")

@@ -1,4 +1,4 @@
-"""Write a diffusers SD 1.x or 2.x pipeline as an original-format (LDM / CompVis) single-file checkpoint.
+"""Write a diffusers SD 1.x, 2.x or XL pipeline as an original-format (LDM / CompVis / SGM) single-file checkpoint.
 
 The inverse of what ``from_single_file`` reads, for tests: a user's ``.safetensors`` checkpoint is
 in this layout. Key names follow the original Stable Diffusion repository.
@@ -15,7 +15,8 @@ RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_
           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
 
 
 def _rename_parts(rest: str, table: dict[str, str]) -> str:
@@ -25,8 +26,11 @@ def _rename_parts(rest: str, table: dict[str, str]) -> str:
     return rest
 
 
-def unet_key(key: str, layers: int = 2) -> str:
-    """A diffusers UNet key in the LDM UNet's naming (without the ``model.diffusion_model.`` prefix)."""
+def unet_key(key: str, layers: int = 2, attended_up_blocks: frozenset[int] = frozenset({1, 2, 3})) -> str:
+    """A diffusers UNet key in the LDM UNet's naming (without the ``model.diffusion_model.`` prefix).
+
+    ``attended_up_blocks``: the up blocks with attentions, whose upsampler comes third in its slot.
+    """
     parts = key.split(".")
     for new, old in UNET_FIXED.items():
         if key.startswith(new + "."):
@@ -46,7 +50,7 @@ def unet_key(key: str, layers: int = 2) -> str:
         block, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
         if kind == "upsamplers":
             slot = block * (layers + 1) + layers
-            return f"output_blocks.{slot}.{1 if block == 0 else 2}.{rest}"
+            return f"output_blocks.{slot}.{2 if block in attended_up_blocks else 1}.{rest}"
         slot = block * (layers + 1) + index
         return f"output_blocks.{slot}.0.{_rename_parts(rest, RESNET)}" if kind == "resnets" \
             else f"output_blocks.{slot}.1.{rest}"
@@ -90,7 +94,8 @@ def clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
 
 def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
     """SD 2.x: OpenCLIP under ``cond_stage_model.model.``, q/k/v packed into one ``in_proj``."""
-    state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
+    state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()
+             if not key.startswith("text_projection.")}  # SDXL writes its projection in OpenCLIP's form
     out = {}
     for key, value in state.items():
         if key in OPEN_CLIP_FIXED:
@@ -107,16 +112,32 @@ def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
     return {"cond_stage_model.model." + key: value for key, value in out.items()}
 
 
+def sdxl_text_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """SDXL: CLIP ViT-L under ``conditioner.embedders.0.transformer.``, OpenCLIP bigG under
+    ``conditioner.embedders.1.model.`` with its projection as the matrix OpenCLIP multiplies by."""
+    first = {key.replace("cond_stage_model.", "conditioner.embedders.0.", 1): value
+             for key, value in clip_state_dict(pipe.text_encoder).items()}
+    second = {key.replace("cond_stage_model.", "conditioner.embedders.1.", 1): value
+              for key, value in open_clip_state_dict(pipe.text_encoder_2).items()}
+    second["conditioner.embedders.1.model.text_projection"] = pipe.text_encoder_2.text_projection.weight.T
+    return {**first, **second}
+
+
 def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder weights under original SD 1.x / 2.x key names."""
+    """The pipeline's UNet, VAE and text encoder weights under original SD 1.x / 2.x / XL key names."""
     layers = pipe.unet.config.layers_per_block
-    state = {"model.diffusion_model." + unet_key(k, layers): v for k, v in pipe.unet.state_dict().items()}
+    attended = frozenset(i for i, kind in enumerate(pipe.unet.config.up_block_types) if kind.startswith("CrossAttn"))
+    state = {"model.diffusion_model." + unet_key(k, layers, attended): v for k, v in pipe.unet.state_dict().items()}
     for key, value in pipe.vae.state_dict().items():
         if ".mid_block.attentions." in key and value.dim() == 2:
             value = value[:, :, None, None]  # the original autoencoder's attention projections are 1x1 convs
         state["first_stage_model." + vae_key(key, len(pipe.vae.config.block_out_channels))] = value
-    open_clip = pipe.text_encoder.config.hidden_size == 1024
-    state.update(open_clip_state_dict(pipe.text_encoder) if open_clip else clip_state_dict(pipe.text_encoder))
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        state.update(sdxl_text_state_dict(pipe))
+    elif pipe.text_encoder.config.hidden_size == 1024:
+        state.update(open_clip_state_dict(pipe.text_encoder))
+    else:
+        state.update(clip_state_dict(pipe.text_encoder))
     return {key: value.contiguous() for key, value in state.items()}
 
 

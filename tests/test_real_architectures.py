@@ -1,4 +1,4 @@
-"""Every path that touches weights, at the real sizes: SD 1.5 and SD 2.1 built from their published configs.
+"""Every path that touches weights, at the real sizes: SD 1.5, SD 2.1 and SDXL built from their published configs.
 
 Random weights (fixed seed), saved once per test session as fp16 diffusers folders and as
 original-format single files; every command runs in bf16 at 64 px with 1 + 1 training steps.
@@ -19,8 +19,9 @@ from imagic_lora.bench.architectures import random_pipeline
 from imagic_lora.lora import fused_lora
 from imagic_lora.models import sample_indices
 
-FAMILIES = {"sd15": (768, "epsilon"), "sd21": (1024, "v_prediction")}
-KOHYA = {"sd15": ("sd_v1", "stable-diffusion-v1/lora"), "sd21": ("sd_v2_v", "stable-diffusion-v2-768-v/lora")}
+FAMILIES = {"sd15": (768, "epsilon"), "sd21": (1024, "v_prediction"), "sdxl": (2048, "epsilon")}
+KOHYA = {"sd15": ("sd_v1", "stable-diffusion-v1/lora"), "sd21": ("sd_v2_v", "stable-diffusion-v2-768-v/lora"),
+         "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")}
 FAST = ["--resolution", "64", "--embedding-steps", "1", "--lora-steps", "1", "--dtype", "bf16"]
 APPLY = ["--steps", "2", "--dtype", "bf16"]
 
@@ -30,7 +31,7 @@ def real_model(request, tmp_path_factory):
     """``(family, diffusers folder, single .safetensors file)`` with the same random weights."""
     family = request.param
     folder = tmp_path_factory.mktemp(family)
-    pipe = random_pipeline(family).to(dtype=torch.float16)
+    pipe = random_pipeline(family, dtype=torch.float16)  # built in fp16: SDXL in fp32 would take 14 GB
     pipe.save_pretrained(folder / "diffusers", safe_serialization=True)
     single = write_single_file(pipe, folder / f"{family}-original.safetensors")
     del pipe
@@ -57,6 +58,10 @@ def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_pat
     profile = _train(folder, image_path)
     assert profile.e_opt.shape == (1, 77, width)
     assert profile.metadata["resolution"] == 64
+    assert profile.metadata["family"] == family
+    assert (profile.e_opt_pooled is not None) == (family == "sdxl") == (profile.format_version == 3)
+    if family == "sdxl":
+        assert profile.e_opt_pooled.shape == profile.source_pooled.shape == (1, 1280)
 
     listed = run("profiles", "list")
     assert listed.exit_code == 0 and listed.output.startswith("real: \"a photo of a dog\"")
