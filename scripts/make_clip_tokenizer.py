@@ -7,8 +7,9 @@ The byte-pair vocabulary comes from OpenAI's CLIP (MIT licence), as shipped insi
     python scripts/make_clip_tokenizer.py /tmp/oc/open_clip_torch-*.whl
 
 It writes ``vocab.json``, ``merges.txt`` and the tokenizer settings into
-``imagic_lora/data/sd15/tokenizer`` and ``imagic_lora/data/sd21/tokenizer``, the layout of the
-published ``tokenizer/`` folders (49 408 tokens; SD 2.x pads with ``!``, SD 1.x with the end token).
+``imagic_lora/data/{sd15,sd21}/tokenizer`` and ``imagic_lora/data/sdxl/tokenizer{,_2}``, the layout of the
+published tokenizer folders (49 408 tokens; SD 2.x and SDXL's second pad with ``!``, the others with the
+end token).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ DATA = Path(__file__).resolve().parent.parent / "imagic_lora" / "data"
 VOCAB_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 MERGES = 49152 - 256 - 2  # CLIP keeps this many merges: 256 bytes, their word-final forms, 2 special tokens
 START, END = "<|startoftext|>", "<|endoftext|>"
-PAD = {"sd15": END, "sd21": "!"}
+PAD = {"sd15/tokenizer": END, "sd21/tokenizer": "!", "sdxl/tokenizer": END, "sdxl/tokenizer_2": "!"}
 
 
 def byte_characters() -> list[str]:
@@ -66,8 +67,8 @@ def main() -> None:
         sys.exit(__doc__)
     merges = read_merges(Path(sys.argv[1]))
     vocab = vocabulary(merges)
-    for family, pad in PAD.items():
-        write(DATA / family / "tokenizer", vocab, merges, pad)
+    for folder, pad in PAD.items():
+        write(DATA / folder, vocab, merges, pad)
     print(f"{len(vocab)} tokens, {len(merges)} merges -> {', '.join(PAD)}")
 
 

@@ -6,6 +6,7 @@ import torch
 from imagic_lora import InvalidConfig
 from imagic_lora.bench.architectures import random_pipeline
 from imagic_lora.bench.memory import TensorPeak, module_tensors, peak_rss_bytes
+from imagic_lora.families import config_folder
 
 MIB = 2**20
 
@@ -70,3 +71,16 @@ def test_shipped_sdxl_configs_build_sdxl_exactly():
 def test_unknown_family_is_refused():
     with pytest.raises(InvalidConfig, match="unknown model family 'sd3'"):
         random_pipeline("sd3")
+
+
+@pytest.mark.parametrize(("folder", "pad_id"), [("sd15/tokenizer", 49407), ("sd21/tokenizer", 0),
+                                                ("sdxl/tokenizer", 49407), ("sdxl/tokenizer_2", 0)])
+def test_shipped_tokenizers_are_clip_bpe_with_each_models_padding(folder, pad_id):
+    from transformers import CLIPTokenizer
+
+    family, name = folder.split("/")
+    with config_folder(family) as path:
+        tokenizer = CLIPTokenizer.from_pretrained(path / name)
+    assert len(tokenizer) == 49_408
+    assert tokenizer("a photo of a dog").input_ids == [49406, 320, 1125, 539, 320, 1929, 49407]
+    assert tokenizer.pad_token_id == pad_id
