@@ -81,7 +81,8 @@ def cli() -> None:
 def training_options(func):
     """The options of both training commands: model, the two stages' settings, memory switches."""
     options = [
-        click.option("--model", default=None, help="Hub id, diffusers folder, .safetensors file or builtin:tiny "
+        click.option("--model", default=None, help="SD 1.x, 2.x or SDXL: hub id, diffusers folder, .safetensors "
+                     "file, or builtin:tiny / builtin:tiny-xl "
                      "[default: $IMAGIC_LORA_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5]."),
         click.option("--embedding-steps", type=int, default=_default(TrainConfig, "embedding_steps"), show_default=True,
                      help="Stage 1: Adam steps fitting the text embedding to the image."),
