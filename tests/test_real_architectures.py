@@ -74,6 +74,11 @@ def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_pat
     assert stored.exit_code == 0, stored.output
     [image] = [line for line in stored.stdout.split() if line.endswith(".png")]
     assert pixels(image).shape == (64, 64, 3)
+    inverted = run("apply", "profile", "real", "a photo of a cat", *APPLY, "--start", "inversion", "--out",
+                   tmp_path / "inverted")  # 2 steps: the stored 50-step inversion is redone at 2
+    assert inverted.exit_code == 0, inverted.output
+    [from_inversion] = [line for line in inverted.stdout.split() if line.endswith(".png")]
+    assert not np.array_equal(pixels(from_inversion), pixels(image)), "the start changes the sample"
 
     shared = tmp_path / "real.imagic.safetensors"
     assert run("profiles", "export", "real", shared).exit_code == 0
