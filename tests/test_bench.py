@@ -96,12 +96,13 @@ class _LosslessVAE:
         return type("Decoded", (), {"sample": latents})()
 
 
-def test_a_lossless_round_trip_reaches_the_full_ceiling_and_the_shipped_vae_is_measured():
+def test_a_lossless_round_trip_reaches_the_full_ceiling_and_so_does_the_shipped_vae():
     from imagic_lora.bench.ceiling import vae_ceiling
     from imagic_lora.shapes.model import shapes_pipeline
 
     perfect = vae_ceiling(_LosslessVAE(), cases=200)
     # the world itself misses 2 of 200 (cases 65 and 187) even with a perfect round trip
     assert perfect["input_preserved"] >= 0.99 and perfect["truth_both"] >= 0.99 and len(perfect["misses"]) <= 2
-    shipped = vae_ceiling(shapes_pipeline().vae, cases=40)
-    assert 0 < shipped["input_preserved"] < 1 and len(shipped["misses"]) > 0  # 76.5 % of 200 (issue 11 asks 97)
+    shipped = vae_ceiling(shapes_pipeline().vae, cases=200)
+    # the tuned decoder keeps the marker: 98.5 % / 98.5 % (76.5 % before); the testbed must allow >= 97 %
+    assert shipped["input_preserved"] >= 0.97 and shipped["truth_both"] >= 0.97, shipped["misses"]
