@@ -34,16 +34,7 @@ def tiny_pipeline() -> StableDiffusionPipeline:
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-        )
+        unet = _tiny_unet(cross_attention_dim=32)
         vae = _tiny_vae()
         text_encoder = CLIPTextModel(_text_config(tokenizer))
     return StableDiffusionPipeline(
@@ -64,14 +55,7 @@ def tiny_xl_pipeline() -> StableDiffusionXLPipeline:
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        unet = _tiny_unet(
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
@@ -92,6 +76,20 @@ def tiny_xl_pipeline() -> StableDiffusionXLPipeline:
         unet=unet,
         scheduler=_scheduler(),
         add_watermarker=False,
+    )
+
+
+def _tiny_unet(**extra) -> UNet2DConditionModel:
+    """The two-level UNet both tiny models share; ``extra`` sets cross-attention and SDXL's conditioning."""
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **extra,
     )
 
 
