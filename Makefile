@@ -19,8 +19,7 @@ setup: $(BIN)/imagic-lora
 demo: setup
 	$(BIN)/imagic-lora train demo profiles/shapes-input.png --prompt "a large red circle on the left" \
 		--model builtin:shapes --replace
-	$(BIN)/imagic-lora apply profile demo "a large blue circle on the left" --alpha 0 --alpha 0.7 --alpha 0.9 \
-		--seeds 2 --out $(OUT)
+	$(BIN)/imagic-lora apply profile demo "a large blue circle on the left" --alpha 0 --alpha 1 --out $(OUT)
 	@echo "Before/after: $(OUT)/demo_a-large-blue-circle-on-the-left_grid.png"
 
 test: setup

@@ -22,6 +22,7 @@ from .images import file_sha256, fit_image, labelled_grid, load_image, save_png,
 from .limits import MAX_PROMPTS
 from .lora import TARGET_MODULES, fused_lora
 from .method import (
+    decode_latents,
     encode_image,
     encode_prompt,
     encoders_offloaded,
@@ -254,14 +255,33 @@ def apply_prompts(
     paths = []
     stems = _unique_stems(profile.name, prompts)
     several = len(prompts) > 1
+    photo = photo_to_keep(profile, base, config, warn)
     with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
         start = start_latents(profile, base, config, progress, warn)
         for prompt, stem in tqdm(list(zip(prompts, stems, strict=True)), desc="prompts", unit="prompt",
                                  disable=not (progress and several), dynamic_ncols=True):
-            results = generate(base, profile.condition, prompt, config, profile.metadata["resolution"], progress, start)
-            used = "noise" if start is None else "inversion"
+            results = generate(base, profile.condition, prompt, config, profile.metadata["resolution"], progress,
+                               start, photo)
+            used = {"start": "noise" if start is None else "inversion",
+                    "keep": config.keep_threshold if photo is not None else "off"}
             paths += _write_outputs(profile, prompt, base, config, results, out, stem, used)
     return paths
+
+
+def photo_to_keep(profile: Profile, base: BaseModel, config: ApplyConfig,
+                  warn: Callable[[str], None] | None = None) -> Image.Image | None:
+    """The picture whose unchanged pixels the edit keeps: the profile's image latents decoded (None: keep off).
+
+    A version 1 profile holds no latents: nothing is kept, said here unless the start already said it.
+    """
+    if not config.keep:
+        return None
+    if profile.image_latents is None:
+        if warn and config.start == "noise":
+            warn(f"profile {profile.name!r} (format version 1) holds no latents of its image; the edit keeps "
+                 "nothing of it back. Try: training it again with this version")
+        return None
+    return decode_latents(base, profile.image_latents)
 
 
 def start_latents(profile: Profile, base: BaseModel, config: ApplyConfig, progress: bool = True,
@@ -275,8 +295,9 @@ def start_latents(profile: Profile, base: BaseModel, config: ApplyConfig, progre
         return None
     if profile.start_latents is None:
         if warn:
+            kept = ", and keeping nothing of it back" if config.keep else ""
             warn(f"profile {profile.name!r} (format version 1) holds no inversion of its image; starting from "
-                 "noise. Try: training it again with this version")
+                 f"noise{kept}. Try: training it again with this version")
         return None
     if profile.inversion_steps == config.steps:
         return profile.start_latents
@@ -311,11 +332,11 @@ def _unique_stems(name: str, prompts: Sequence[str]) -> list[str]:
     return stems
 
 
-def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str, start: str) -> list[Path]:
+def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str, used: dict) -> list[Path]:
     paths = []
     for alpha, seed, image in results:
         path = out / f"{stem}_a{alpha:.2f}_s{seed}.png"
-        save_png(image, path, _parameters(profile, prompt, base, config, alpha, seed, start))
+        save_png(image, path, _parameters(profile, prompt, base, config, alpha, seed, used))
         paths.append(path)
     if config.grid and len(results) > 1:
         path = out / f"{stem}_grid.png"
@@ -326,12 +347,12 @@ def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str,
             tiles.append(("input", source))
             tiles += [(f"alpha {a:.2f}  seed {s}", im) for a, s, im in results if a == alpha]
         save_png(labelled_grid(tiles, len(config.seed_list) + 1, max(size, 128)), path,
-                 _parameters(profile, prompt, base, config, None, None, start))
+                 _parameters(profile, prompt, base, config, None, None, used))
         paths.append(path)
     return paths
 
 
-def _parameters(profile, prompt, base, config, alpha, seed, start) -> dict:
+def _parameters(profile, prompt, base, config, alpha, seed, used: dict) -> dict:
     return {
         "profile": profile.name, "prompt": prompt, "source_prompt": profile.metadata["source_prompt"],
         "alpha": alpha if alpha is not None else list(config.alphas),
@@ -339,6 +360,6 @@ def _parameters(profile, prompt, base, config, alpha, seed, start) -> dict:
         "steps": config.steps, "guidance": config.guidance, "negative_prompt": config.negative_prompt,
         "size": profile.metadata["resolution"], "model": base.model_id,
         "model_hash": profile.metadata["base_fingerprint"].split("-")[-1][:10],
-        "scheduler": type(base.pipe.scheduler).__name__, "start": start,
+        "scheduler": type(base.pipe.scheduler).__name__, **used,
         "generator": f"imagic-lora {__version__}",
     }

@@ -193,7 +193,7 @@ def apply_options(func):
         click.option("--alpha", "alphas", type=float, multiple=True, help="Interpolation weight toward the new "
                      f"prompt; repeat for several [default: {_default(ApplyConfig, 'alphas')[0]}]."),
         click.option("--seeds", type=int, default=_default(ApplyConfig, "seeds"), show_default=True,
-                     help="How many seeds per alpha."),
+                     help="How many seeds per alpha (with --start noise; an inversion start has no seed)."),
         click.option("--seed", type=int, default=_default(ApplyConfig, "seed"), show_default=True,
                      help="First seed."),
         click.option("--steps", type=int, default=_default(ApplyConfig, "steps"), show_default=True,
@@ -203,8 +203,13 @@ def apply_options(func):
         click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt"),
                      help="What to steer away from."),
         click.option("--start", type=click.Choice(STARTS), default=_default(ApplyConfig, "start"), show_default=True,
-                     help="Sample from seeded noise, or from the DDIM inversion of the input stored in the "
-                     "profile (keeps more of the photo; deterministic, so one seed)."),
+                     help="Sample from the DDIM inversion of the input stored in the profile (keeps the "
+                     "photo's layout; deterministic, so one seed), or from seeded noise (--seeds gives variations)."),
+        click.option("--keep/--no-keep", default=_default(ApplyConfig, "keep"), show_default=True,
+                     help="Put the photo's own pixels back wherever the edit barely changed them."),
+        click.option("--keep-threshold", type=float, default=_default(ApplyConfig, "keep_threshold"),
+                     show_default=True, help="How much (0-1 of full scale, on a blurred difference) a region "
+                     "must change to count as edited; lower keeps less of the photo."),
         click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True,
                      help="Images generated together."),
         click.option("--grid/--no-grid", default=_default(ApplyConfig, "grid"), show_default=True,
@@ -435,21 +440,26 @@ def bench_sanity(prompts, out) -> None:
 
 
 @bench.command(name="edits")
-@click.option("--cases", type=int, default=None, help="Cases [default: 10, about 15 min; 120 with --full].")
-@click.option("--full", is_flag=True, help="The full benchmark: 120 cases (about 3 hours on 2 CPU cores).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
-@click.option("--guidance", type=float, default=7.5, show_default=True,
-              help="Classifier-free guidance scale of every method's sampling.")
+@click.option("--cases", type=int, default=100, show_default=True,
+              help="Cases of the split (about 18 s each on 2 CPU cores, plus baselines not yet cached).")
+@click.option("--split", type=click.Choice(["held-out", "tuning"]), default="held-out", show_default=True,
+              help="held-out: cases never used to choose the defaults; tuning: the cases they were chosen on.")
+@click.option("--classic-cases", type=int, default=4, show_default=True,
+              help="Run classic full-UNet Imagic on the first N cases only (about 2 min each, then cached).")
+@click.option("--cache", type=click.Path(dir_okay=False), default="docs/bench/baselines.json", show_default=True,
+              help="The baselines' scores, kept per shapes model and case.")
+@click.option("--recompute-baselines", is_flag=True, help="Compute the baselines again instead of reading the cache.")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors
-def bench_edits(cases, full, seed, guidance, out) -> None:
-    """Edit quality: imagic-lora vs SDEdit, text-to-image and classic Imagic on shapes cases."""
+def bench_edits(cases, split, classic_cases, cache, recompute_baselines, out) -> None:
+    """Edit quality at the shipped defaults: imagic-lora vs SDEdit, text-to-image and classic Imagic."""
     from pathlib import Path
 
     from .bench.edits import BenchConfig, run
     from .bench.report import tables
 
-    config = BenchConfig(cases=cases or (120 if full else BenchConfig.cases), seed=seed, guidance=guidance)
+    config = BenchConfig(cases=cases, split=split, classic_cases=min(classic_cases, cases), cache=Path(cache),
+                         recompute_baselines=recompute_baselines)
     summary = run(config, Path(out))
     click.echo(tables(summary))
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")

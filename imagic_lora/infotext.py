@@ -34,7 +34,7 @@ def infotext(parameters: dict) -> str:
         "Model hash": parameters["model_hash"], "Model": parameters["model"],
         "Imagic profile": parameters["profile"], "Imagic source prompt": parameters["source_prompt"],
         "Imagic alpha": _listed(parameters["alpha"]), "Imagic start": parameters["start"],
-        "Version": parameters["generator"],
+        "Imagic keep": _listed(parameters.get("keep", "off")), "Version": parameters["generator"],
     }
     lines = [parameters["prompt"].replace("\n", " ")]
     if parameters["negative_prompt"]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .conditioning import Condition, concat, interpolate, unet_kwargs
 from .config import ApplyConfig, TrainConfig
 from .errors import InvalidConfig, TrainingDiverged
+from .keep import keep_unchanged
 from .lora import add_lora, lora_state_dict, remove_lora
 from .models import BaseModel
 
@@ -292,15 +293,24 @@ def invert(base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int,
 
 
 @torch.no_grad()
+def decode_latents(base: BaseModel, latents: torch.Tensor) -> Image.Image:
+    """The image of scaled VAE ``latents`` ``[1, C, h, w]``, as the pipeline decodes its own."""
+    with _vae_in_fp32(base) as vae:
+        pixels = vae.decode(latents.to(base.device, vae.dtype) / vae.config.scaling_factor).sample
+    return base.pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
+
+
+@torch.no_grad()
 def generate(
     base: BaseModel, e_opt: Condition, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True,
-    start: torch.Tensor | None = None,
+    start: torch.Tensor | None = None, photo: Image.Image | None = None,
 ) -> list[tuple[float, int, Image.Image]]:
     """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds`` (SDXL: and
     ``pooled_prompt_embeds``).
 
     Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it. Sampling
-    starts from seeded noise, or from ``start`` (the input's inversion) when given.
+    starts from seeded noise, or from ``start`` (the input's inversion) when given. With ``photo`` (the
+    input as the model sees it) and ``config.keep``, its pixels are put back where the edit left it alone.
     """
     e_new = encode_prompt(base, prompt)
     negative = encode_negative(base, config.negative_prompt)
@@ -320,6 +330,8 @@ def generate(
             height=resolution,
             width=resolution,
         ).images
+        if photo is not None and config.keep:
+            images = [keep_unchanged(image, photo, config.keep_threshold) for image in images]
         results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images, strict=True)]
         bar.update(len(batch))
     bar.close()

@@ -227,7 +227,7 @@ def test_prompts_file_edits_every_prompt_with_one_model_load(tmp_path, trained, 
     result = run("apply", "profile", "ball", "--prompts-file", prompts, "--steps", "2", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["ball_a-blue-ball-2_a0.70_s0.png", "ball_a-blue-ball_a0.70_s0.png", "ball_a-red-cube_a0.70_s0.png"]
+    assert names == ["ball_a-blue-ball-2_a1.00_s0.png", "ball_a-blue-ball_a1.00_s0.png", "ball_a-red-cube_a1.00_s0.png"]
     assert len(loads) == 1
     single = run("apply", "profile", "ball", "a red cube", "--steps", "2", "--out", tmp_path / "single")
     assert single.exit_code == 0

@@ -7,6 +7,7 @@ from helpers import run
 from imagic_lora.bench import edits
 from imagic_lora.bench.cases import EDIT_TYPES, make_cases, score
 from imagic_lora.bench.report import summarize, tables
+from imagic_lora.config import ApplyConfig
 from imagic_lora.shapes.world import ATTRIBUTES
 
 
@@ -53,35 +54,61 @@ def _corner_bands() -> set:
     return {(x, y) for x in bands for y in bands}
 
 
-def test_tables_report_every_method_and_alpha():
+def test_tables_report_every_method_alpha_and_interval():
     rows = []
     for case in make_cases(8):
-        truth = score(case.ground_truth(), case)
-        for alpha in (0.6, 0.7):
-            rows.append({"method": "imagic-lora", "alpha": alpha, "train_seconds": 2.0, "edit": case.edit, **truth})
-            rows.append({"method": "classic-imagic", "alpha": alpha, "train_seconds": 80.0, "edit": case.edit,
-                         **score(case.input_image(), case)})
-        rows.append({"method": "sdedit", "strength": 0.7, "train_seconds": 0.0, "edit": case.edit, **truth})
-        rows.append({"method": "text-to-image", "train_seconds": 0.0, "edit": case.edit, **truth})
-    summary = summarize(rows, 0.7)
-    assert summary["methods"]["imagic-lora α=0.7"]["success"] == 100.0
-    assert summary["methods"]["classic-imagic α=0.7"]["success"] == 0.0
-    assert summary["methods"]["classic-imagic α=0.7"]["train_seconds"] == 80.0, "seconds are not capped like PSNR"
+        truth, unedited = score(case.ground_truth(), case), score(case.input_image(), case)
+        for alpha in (0.0, 0.9):
+            rows.append({"method": "imagic-lora", "variant": "defaults", "alpha": alpha, "train_seconds": 2.0,
+                         "edit": case.edit, **(truth if alpha else unedited)})
+        rows.append({"method": "classic-imagic", "alpha": 0.7, "train_seconds": 80.0, "edit": case.edit, **unedited})
+        rows.append({"method": "sdedit", "strength": 0.7, "train_seconds": 0.0, "edit": case.edit,
+                     **(truth if case.index < 2 else unedited)})
+    summary = summarize(rows, 0.9) | {"ceiling": {"cases": 8, "input_preserved": 100.0}}
+    methods = summary["methods"]
+    assert methods["imagic-lora [defaults] α=0.9"]["success"] == 100.0
+    assert methods["classic-imagic α=0.7"]["train_seconds"] == 80.0, "seconds are not capped like PSNR"
+    low, high = methods["sdedit strength=0.7"]["success_ci"]
+    assert methods["sdedit strength=0.7"]["success"] == 25.0 and 7 < low < 8 and 59 < high < 60  # Wilson, 2 of 8
     text = tables(summary)
-    assert "| imagic-lora α=0.7 | 100 % | 100 % | 100 % | 60.0 | 2.0 |" in text
-    assert "| classic-imagic α=0.7 | 0 % | 100 % | 0 % |" in text
-    assert "| 0.6 | 100 / 100 / 100 % | 0 / 100 / 0 % |" in text
+    every = "100 % (68–100)"
+    assert f"| imagic-lora [defaults] α=0.9 | 8 | {every} | {every} | {every} | 60.0 | 2.0 |" in text
+    assert "| classic-imagic α=0.7 | 8 | 0 % (0–32) |" in text
+    assert "| 0.0 | 0 % (0–32) | 100 % (68–100) | 0 % (0–32) |" in text
+    assert "- best SDEdit (sdedit strength=0.7): 25 % (7–59); the defaults make 4.0× (target ≥ 2×)" in text
+    assert "- reconstruction at α 0: 100 % (68–100) preserved, the VAE round trip 100 % on the same cases: " \
+           "100 % of the ceiling (target ≥ 90 %)" in text
 
 
-def test_bench_edits_passes_its_guidance_to_the_benchmark_and_refuses_a_negative_one(monkeypatch, tmp_path):
+def test_wilson_intervals_match_the_textbook_values():
+    from imagic_lora.bench.report import wilson
+
+    low, high = wilson(60, 100)
+    assert abs(low - 50.2) < 0.1 and abs(high - 69.1) < 0.1
+    assert wilson(0, 10)[0] == 0.0 and abs(wilson(10, 10)[1] - 100.0) < 1e-9
+
+
+def test_bench_edits_passes_its_options_to_the_benchmark_and_refuses_a_bad_split(monkeypatch, tmp_path):
     configs = []
     monkeypatch.setattr(edits, "run", lambda config, out: configs.append(config) or {})
     monkeypatch.setattr("imagic_lora.bench.report.tables", lambda summary: "table")
-    assert run("bench", "edits", "--cases", 2, "--guidance", 3, "--out", tmp_path).exit_code == 0
-    assert (configs[0].cases, configs[0].guidance) == (2, 3.0)
-    refused = run("bench", "edits", "--guidance", -1, "--out", tmp_path)
+    assert run("bench", "edits", "--cases", 2, "--split", "tuning", "--classic-cases", 1,
+               "--recompute-baselines", "--out", tmp_path).exit_code == 0
+    config = configs[0]
+    assert (config.cases, config.split, config.classic_cases, config.recompute_baselines) == (2, "tuning", 1, True)
+    assert config.apply == ApplyConfig(), "the benchmark measures the shipped defaults"
+    refused = run("bench", "edits", "--cases", 0, "--out", tmp_path)
     assert refused.exit_code == 1 and len(configs) == 1
-    assert refused.stderr.strip() == "Error: --guidance must be >= 0, got -1.0"
+    assert refused.stderr.strip() == "Error: --cases must be in [1, 10000], got 0"
+
+
+def test_the_baseline_cache_key_changes_with_the_case_and_only_with_it():
+    from imagic_lora.bench.edits import case_key
+
+    first, again = make_cases(3, 1), make_cases(3, 1)
+    assert [case_key(c, 1) for c in first] == [case_key(c, 1) for c in again]
+    assert len({case_key(c, 1) for c in first}) == 3
+    assert case_key(make_cases(3, 0)[2], 0) != case_key(first[2], 1)
 
 
 class _LosslessVAE:

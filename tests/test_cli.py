@@ -40,7 +40,7 @@ def test_train_list_show_apply_export_import_apply_file(image_path, tmp_path):
     # apply from the store: one PNG per (alpha, seed) plus a grid
     stored = tmp_path / "stored"
     result = run("apply", "profile", "ball", "a blue ball!", "--alpha", 0.6, "--alpha", 0.8, "--seeds", 2,
-                 "--out", stored, *APPLY)
+                 "--start", "noise", "--out", stored, *APPLY)
     assert result.exit_code == 0, result.output
     names = [line.rsplit("/", 1)[-1] for line in result.stdout.splitlines()]
     assert names == ["ball_a-blue-ball_a0.60_s0.png", "ball_a-blue-ball_a0.60_s1.png",
@@ -49,7 +49,8 @@ def test_train_list_show_apply_export_import_apply_file(image_path, tmp_path):
     params = json.loads(info["imagic-lora"])
     assert params["model"] == "builtin:tiny" and params["source_prompt"] == PROMPT
     assert (params["profile"], params["prompt"], params["alpha"], params["seed"], params["steps"],
-            params["guidance"]) == ("ball", "a blue ball!", 0.8, 1, 3, 7.5)
+            params["guidance"], params["start"], params["keep"]) == ("ball", "a blue ball!", 0.8, 1, 3, 2.0, "noise",
+                                                                     0.25)
     assert not np.array_equal(pixels(stored / names[0]), pixels(stored / names[1])), "seeds must differ"
     assert not np.array_equal(pixels(stored / names[0]), pixels(stored / names[2])), "alphas must differ"
 
@@ -61,7 +62,7 @@ def test_train_list_show_apply_export_import_apply_file(image_path, tmp_path):
     assert [row[0] for row in store_snapshot()] == ["ball", "buddy"]
     from_file = tmp_path / "file"
     result = run("apply", "file", shared, "a blue ball!", "--alpha", 0.6, "--alpha", 0.8, "--seeds", 2,
-                 "--out", from_file, *APPLY)
+                 "--start", "noise", "--out", from_file, *APPLY)
     assert result.exit_code == 0, result.output
     for name in names[:-1]:
         assert np.array_equal(pixels(stored / name), pixels(from_file / name)), name
@@ -79,7 +80,7 @@ def test_single_image_writes_no_grid_and_model_env_var_is_used(image_path, tmp_p
     assert result.exit_code == 0, result.output
     result = run("apply", "profile", "ball", "a ball", "--out", tmp_path / "out", *APPLY)
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["ball_a-ball_a0.70_s0.png"]
+    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["ball_a-ball_a1.00_s0.png"]
 
 
 def test_local_diffusers_folder_loads_as_a_model(image_path, tmp_path, tiny):
@@ -98,8 +99,9 @@ def test_local_diffusers_folder_loads_as_a_model(image_path, tmp_path, tiny):
 def test_the_shipped_example_profile_applies_to_the_built_in_model(tmp_path):
     from conftest import EXAMPLE_PROFILE
 
+    # the example is a format version 1 file (test_inversion.py): it samples from noise and keeps nothing back
     result = run("apply", "file", EXAMPLE_PROFILE, "a blue ball on green grass", "--alpha", 0, "--alpha", 0.7,
-                 "--out", tmp_path, *APPLY)
+                 "--start", "noise", "--no-keep", "--out", tmp_path, *APPLY)
     assert result.exit_code == 0, result.output
     assert "Warning" not in result.stderr, "the example must match the built-in model's fingerprint"
     grid = Image.open(tmp_path / "example_a-blue-ball-on-green-grass_grid.png")

@@ -42,8 +42,8 @@ def test_png_parameters_read_back_with_a1111_rules(trained, tmp_path):
         "Prompt": "a blue ball", "Negative prompt": "blurry, dark", "Steps": "3", "Sampler": "DDIM",
         "CFG scale": "5", "Seed": "7", "Size": "64x64",
         "Model hash": profile.metadata["base_fingerprint"].split("-")[1][:10], "Model": "builtin:tiny",
-        "Imagic profile": "ball", "Imagic source prompt": source, "Imagic alpha": "0.8", "Imagic start": "noise",
-        "Version": "imagic-lora 0.1.0",
+        "Imagic profile": "ball", "Imagic source prompt": source, "Imagic alpha": "0.8", "Imagic start": "inversion",
+        "Imagic keep": "0.25", "Version": "imagic-lora 0.1.0",
     }
     full = json.loads(info["imagic-lora"])
     assert (full["prompt"], full["source_prompt"], full["alpha"], full["seed"]) == ("a blue ball", source, 0.8, 7)

@@ -12,7 +12,8 @@ from imagic_lora import ApplyConfig, ProfileStore, apply, load_model
 from imagic_lora.conditioning import interpolate
 from imagic_lora.method import encode_prompt
 
-CONFIG = ApplyConfig(alphas=(0.7,), steps=4)
+# sampling as plain diffusers does it: from seeded noise, every pixel generated
+CONFIG = ApplyConfig(alphas=(0.7,), steps=4, guidance=7.5, start="noise", keep=False)
 
 
 def plain_pipeline_image(profile, lora_file):

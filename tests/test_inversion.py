@@ -37,14 +37,17 @@ def test_a_new_profile_is_version_2_and_keeps_its_latents_and_their_inversion(tr
 def test_a_version_1_profile_still_applies_and_says_it_starts_from_noise(tmp_path):
     profile = read_profile_file(EXAMPLE_PROFILE)
     assert profile.format_version == 1 and profile.start_latents is None
-    noise = run("apply", "file", EXAMPLE_PROFILE, "a blue ball", "--steps", 3, "--out", tmp_path / "noise")
-    asked = run("apply", "file", EXAMPLE_PROFILE, "a blue ball", "--steps", 3, "--start", "inversion",
-                "--out", tmp_path / "inv")
-    assert noise.exit_code == 0 and asked.exit_code == 0, asked.output
-    assert "format version 1) holds no inversion of its image; starting from noise" in asked.stderr
+    noise = run("apply", "file", EXAMPLE_PROFILE, "a blue ball", "--steps", 3, "--start", "noise", "--no-keep",
+                "--out", tmp_path / "noise")
+    defaults = run("apply", "file", EXAMPLE_PROFILE, "a blue ball", "--steps", 3, "--out", tmp_path / "inv")
+    assert noise.exit_code == 0 and defaults.exit_code == 0, defaults.output
+    assert "Warning" not in noise.stderr
+    [warning] = [line for line in defaults.stderr.splitlines() if line.startswith("Warning")]
+    assert warning == ("Warning: profile 'example' (format version 1) holds no inversion of its image; starting from "
+                       "noise, and keeping nothing of it back. Try: training it again with this version")
     [a], [b] = (list((tmp_path / d).glob("*.png")) for d in ("noise", "inv"))
     assert (pixels(a) == pixels(b)).all()
-    assert started_from(b) == "noise"
+    assert started_from(b) == "noise" and json.loads(Image.open(b).text["imagic-lora"])["keep"] == "off"
     imported = ProfileStore().import_file(EXAMPLE_PROFILE)  # and it is stored as version 1
     assert ProfileStore().info(imported.name)["format_version"] == 1
 
@@ -114,7 +117,7 @@ def test_the_inversion_gives_back_the_input_at_alpha_0(shapes, tmp_path, index):
     results = {}
     for start in ("inversion", "noise"):
         [path] = apply(profile, case.edit_prompt, out_dir=tmp_path / start, model=shapes, progress=False,
-                       config=ApplyConfig(alphas=(0.0,), guidance=1.0, seed=index, start=start))
+                       config=ApplyConfig(alphas=(0.0,), guidance=1.0, seed=index, start=start, keep=False))
         output = Image.open(path)
         results[start] = (psnr(output, case.input_image()), score(output, case)["preserved"])
     assert results["inversion"][0] >= 28 and results["inversion"][1], results  # measured 31.6-34.6 dB

@@ -136,7 +136,8 @@ def test_fused_lora_refuses_an_adapter_of_another_shape(tiny, trained):
 def test_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(tiny):
     """With no adapter and α = 1 our generate equals StableDiffusionPipeline(prompt=...)."""
     unused_e_opt = Condition(torch.randn(1, 77, tiny.embedding_dim))
-    ours = generate(tiny, unused_e_opt, PROMPT, ApplyConfig(alphas=(1.0,), steps=5), 64, progress=False)[0][2]
+    config = ApplyConfig(alphas=(1.0,), steps=5, guidance=7.5)
+    ours = generate(tiny, unused_e_opt, PROMPT, config, 64, progress=False)[0][2]
     c = tiny.pipe.components
     plain = StableDiffusionPipeline(**c)
     plain.set_progress_bar_config(disable=True)
@@ -205,7 +206,8 @@ def test_xl_parity_with_the_plain_pipeline_when_adapter_is_off_and_alpha_is_one(
     from diffusers import StableDiffusionXLPipeline
 
     unused_e_opt = Condition(torch.randn(1, 77, tiny_xl.embedding_dim), torch.randn(1, tiny_xl.pooled_dim))
-    ours = generate(tiny_xl, unused_e_opt, PROMPT, ApplyConfig(alphas=(1.0,), steps=5), 64, progress=False)[0][2]
+    config = ApplyConfig(alphas=(1.0,), steps=5, guidance=7.5)
+    ours = generate(tiny_xl, unused_e_opt, PROMPT, config, 64, progress=False)[0][2]
     plain = StableDiffusionXLPipeline(**tiny_xl.pipe.components)
     plain.set_progress_bar_config(disable=True)
     embeds, _, pooled, _ = plain.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)

@@ -1,16 +1,20 @@
 """The edit benchmark: imagic-lora against SDEdit, plain text-to-image and classic Imagic on shapes cases.
 
-Every method sees the same cases, seeds and sampler; scores come from the pixel analyzer.
+Every method sees the same cases, seeds and sampler; scores come from the pixel analyzer. Cases come in
+two splits made from different seeds: ``tuning`` (where the defaults were chosen) and ``held-out``
+(never looked at while choosing). The baselines do not depend on imagic-lora's settings, so their
+scores are computed once per shapes model and case and kept in a JSON cache (``docs/bench``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,68 +24,66 @@ from tqdm.auto import tqdm
 
 from ..config import ApplyConfig, TrainConfig
 from ..errors import InvalidConfig
+from ..files import atomic_write
 from ..images import labelled_grid, to_tensor
+from ..keep import keep_unchanged
 from ..lora import fused_lora
-from ..method import encode_image, encode_prompt, finetune_full, finetune_lora, generate, optimize_embedding
+from ..method import (
+    decode_latents,
+    encode_image,
+    encode_prompt,
+    finetune_full,
+    finetune_lora,
+    generate,
+    invert,
+    optimize_embedding,
+)
 from ..models import BaseModel, load_model
 from ..shapes.model import SHAPES_MODEL
 from .cases import EDIT_TYPES, Case, make_cases, score
+from .ceiling import round_trip
 from .report import summarize
 
+SPLITS = {"tuning": 0, "held-out": 1}  # the seed of make_cases for each split
 # classic Imagic's stage 1 as the community SD pipeline runs it, whatever imagic-lora's defaults become
 CLASSIC_TRAIN = TrainConfig(embedding_steps=500, embedding_lr=1e-3)
-SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "classic imagic", "sdedit 0.7", "text-to-image")
+# the baselines' own settings: the usual text-to-image ones, fixed so that their cache stays valid
+BASELINE_SAMPLING = {"steps": 50, "guidance": 7.5, "strengths": (0.5, 0.7), "keep_threshold": 0.3,
+                     "classic_alphas": (0.7, 0.9, 1.0),
+                     "classic_steps": 1000, "classic_lr": 2e-6}
+# imagic-lora before this benchmark chose its defaults: random start noise, α 0.7, guidance 7.5, nothing kept
+OLD_DEFAULTS = ApplyConfig(alphas=(0.7,), guidance=7.5, start="noise", keep=False)
+DEFAULT_CACHE = Path("docs/bench/baselines.json")
+SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "α 0")
 
 
 @dataclass
 class BenchConfig:
-    """What the benchmark runs; the default 10 cases take about 15 minutes on a 2-core CPU (88 s a case)."""
+    """What the benchmark runs: 100 held-out cases, about 30 minutes on a 2-core CPU once baselines are cached."""
 
-    cases: int = 10
-    seed: int = 0
+    cases: int = 100
+    split: str = "held-out"
     train: TrainConfig = field(default_factory=TrainConfig)
-    classic_steps: int = 1000  # the community Imagic pipeline's schedule: 500 embedding + 1000 UNet steps
-    classic_lr: float = 2e-6
-    alphas: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    default_alpha: float = 0.7
-    strengths: tuple[float, ...] = (0.5, 0.7, 0.9)
-    steps: int = 50
-    guidance: float = 7.5
+    apply: ApplyConfig = field(default_factory=ApplyConfig)  # the shipped defaults
+    alphas: tuple[float, ...] = (0.0, 0.8, 0.9, 1.0, 1.1)  # the α curve, at the other defaults, in one batch
+    ablation_cases: int = 30  # the variants showing what each part adds, on the first cases only
+    classic_cases: int = 4  # classic Imagic trains the full UNet: about 2 minutes a case, so only the first few
+    cache: Path = DEFAULT_CACHE
+    recompute_baselines: bool = False
+    timed_cases: int = 10
     sheet_rows: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.cases <= 10_000:
             raise InvalidConfig(f"--cases must be in [1, 10000], got {self.cases}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise InvalidConfig(f"--guidance must be >= 0, got {self.guidance}")
+        if self.split not in SPLITS:
+            raise InvalidConfig(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if not 0 <= self.classic_cases <= self.cases:
+            raise InvalidConfig(f"--classic-cases must be in [0, --cases], got {self.classic_cases}")
 
-
-def _sample_config(config: BenchConfig, seed: int) -> ApplyConfig:
-    return ApplyConfig(alphas=config.alphas, seed=seed, steps=config.steps, guidance=config.guidance)
-
-
-def imagic_rows(method, base, e_opt, case, config, seconds) -> tuple[list[dict], Image.Image]:
-    rows, shown = [], None
-    for alpha, _, image in generate(base, e_opt, case.edit_prompt, _sample_config(config, case.index),
-                                    32, progress=False):
-        rows.append({"method": method, "alpha": alpha, "train_seconds": seconds, **score(image, case)})
-        if alpha == config.default_alpha:
-            shown = image
-    return rows, shown
-
-
-def _img2img_rows(base, case, config) -> tuple[list[dict], Image.Image]:
-    pipe = StableDiffusionImg2ImgPipeline.from_pipe(base.pipe)
-    pipe.set_progress_bar_config(disable=True)
-    rows, shown = [], None
-    for strength in config.strengths:
-        image = pipe(prompt=case.edit_prompt, image=case.input_image(), strength=strength,
-                     num_inference_steps=config.steps, guidance_scale=config.guidance,
-                     generator=torch.Generator().manual_seed(case.index)).images[0]
-        rows.append({"method": "sdedit", "strength": strength, "train_seconds": 0.0, **score(image, case)})
-        if strength == 0.7:
-            shown = image
-    return rows, shown
+    @property
+    def default_alpha(self) -> float:
+        return self.apply.alphas[0]
 
 
 def train_imagic_lora(base: BaseModel, latents, embedding, train: TrainConfig, seed: int):
@@ -93,60 +95,184 @@ def train_imagic_lora(base: BaseModel, latents, embedding, train: TrainConfig, s
     return e_opt, lora, time.perf_counter() - start
 
 
+def imagic_rows(method: str, base: BaseModel, e_opt, case: Case, sampling: ApplyConfig, seconds: float,
+                start: torch.Tensor | None = None, photo: Image.Image | None = None) -> list[tuple[dict, Image.Image]]:
+    """Score every α of ``sampling`` (seed: the case index): one ``(row, image)`` each."""
+    config = replace(sampling, seed=case.index, seeds=1)
+    results = generate(base, e_opt, case.edit_prompt, config, 32, progress=False, start=start, photo=photo)
+    return [({"method": method, "alpha": alpha, "train_seconds": seconds, **score(image, case)}, image)
+            for alpha, _, image in results]
+
+
 @contextlib.contextmanager
-def classic_imagic(base: BaseModel, latents, embedding, config: BenchConfig, seed: int):
+def classic_imagic(base: BaseModel, latents, embedding, steps: int, lr: float, seed: int):
     """Classic Imagic on ``base``'s UNet, yielding ``(e_opt, seconds)``; the UNet's weights are put back after."""
     original = copy.deepcopy(base.pipe.unet.state_dict())
     try:
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         e_opt, _ = optimize_embedding(base, latents, embedding, CLASSIC_TRAIN, generator, progress=False)
-        finetune_full(base, latents, e_opt, config.classic_steps, config.classic_lr, generator, progress=False)
+        finetune_full(base, latents, e_opt, steps, lr, generator, progress=False)
         yield e_opt, time.perf_counter() - start
     finally:
         base.pipe.unet.load_state_dict(original)
 
 
-def run_case(base: BaseModel, case: Case, config: BenchConfig) -> tuple[list[dict], list[Image.Image]]:
-    """Every method on one case: score rows, and the images for the contact sheet."""
-    # 1. encode once; both Imagic variants start from the same image, prompt and seed
+def baseline_rows(base: BaseModel, case: Case, classic: bool) -> list[dict]:
+    """SDEdit, text-to-image and (if ``classic``) classic Imagic on one case, with their settings above."""
+    s = BASELINE_SAMPLING
+    pipe = StableDiffusionImg2ImgPipeline.from_pipe(base.pipe)
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    photo = round_trip(base.pipe.vae, case.input_image())
+    for strength in s["strengths"]:
+        image = pipe(prompt=case.edit_prompt, image=case.input_image(), strength=strength,
+                     num_inference_steps=s["steps"], guidance_scale=s["guidance"],
+                     generator=torch.Generator().manual_seed(case.index)).images[0]
+        rows.append({"method": "sdedit", "strength": strength, "train_seconds": 0.0, **score(image, case)})
+        kept = keep_unchanged(image, photo, s["keep_threshold"])
+        rows.append({"method": "sdedit + keep", "strength": strength, "train_seconds": 0.0, **score(kept, case)})
+    t2i = base.pipe(prompt=case.edit_prompt, num_inference_steps=s["steps"], guidance_scale=s["guidance"],
+                    generator=torch.Generator().manual_seed(case.index)).images[0]
+    rows.append({"method": "text-to-image", "train_seconds": 0.0, **score(t2i, case)})
+    if classic:
+        latents = encode_image(base, to_tensor(case.input_image()))
+        embedding = encode_prompt(base, case.source_prompt)
+        with classic_imagic(base, latents, embedding, s["classic_steps"], s["classic_lr"], case.index) as (e, sec):
+            sampling = ApplyConfig(alphas=s["classic_alphas"], steps=s["steps"], guidance=s["guidance"],
+                                   start="noise", keep=False)
+            rows += [row for row, _ in imagic_rows("classic-imagic", base, e, case, sampling, sec)]
+    return rows
+
+
+def case_key(case: Case, split_seed: int) -> str:
+    """The cache key of a case: its split seed, index and a digest of everything that defines it."""
+    digest = hashlib.sha256(repr((case.scene, case.details, case.phrasing, case.edit, case.target)).encode())
+    return f"{split_seed}/{case.index}/{digest.hexdigest()[:12]}"
+
+
+def cache_section(base: BaseModel) -> str:
+    """Where a model's baselines live in the cache: its fingerprint and the baselines' settings."""
+    settings = hashlib.sha256(json.dumps(BASELINE_SAMPLING, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{base.fingerprint()}|{settings}"
+
+
+def load_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_cache(path: Path, cache: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps(cache, indent=0, sort_keys=True) + "\n").encode())
+
+
+def ours_rows(base: BaseModel, case: Case, config: BenchConfig) -> tuple[list[dict], list[Image.Image], dict]:
+    """imagic-lora on one case: the defaults along α, and the variants that show what each part adds."""
     latents = encode_image(base, to_tensor(case.input_image()))
     embedding = encode_prompt(base, case.source_prompt)
-
-    # 2. imagic-lora
     e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config.train, case.index)
+    defaults = config.apply
+    rows, shown, timing = [], {}, {}
     with fused_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha):
-        ours, ours_shown = imagic_rows("imagic-lora", base, e_opt, case, config, seconds)
+        inversion = invert(base, latents, e_opt, defaults.steps, progress=False)
+        photo = decode_latents(base, latents)
+        start = inversion if defaults.start == "inversion" else None
+        curve = replace(defaults, alphas=config.alphas, keep=False, batch_size=len(config.alphas))
+        for row, image in imagic_rows("imagic-lora", base, e_opt, case, curve, seconds, start):
+            kept = keep_unchanged(image, photo, defaults.keep_threshold) if defaults.keep else image
+            rows.append(row | {"variant": "defaults", **score(kept, case)})
+            rows.append(row | {"variant": "defaults, nothing kept"})
+            shown[row["alpha"]] = kept
+        if case.index < config.ablation_cases:
+            rows += _ablations(base, e_opt, case, defaults, seconds, inversion, photo)
+        if case.index < config.timed_cases:
+            timing = _timing(base, e_opt, case, defaults, latents, inversion)
+    return rows, [shown.get(config.default_alpha), shown.get(0.0)], timing
 
-    # 3. classic Imagic: its own stage 1, full UNet fine-tuning, then the weights are put back
-    with classic_imagic(base, latents, embedding, config, case.index) as (e_opt, seconds):
-        classic, classic_shown = imagic_rows("classic-imagic", base, e_opt, case, config, seconds)
 
-    # 4. SDEdit and plain text-to-image from the edit prompt
-    sdedit, sdedit_shown = _img2img_rows(base, case, config)
-    t2i = base.pipe(prompt=case.edit_prompt, num_inference_steps=config.steps, guidance_scale=config.guidance,
-                    generator=torch.Generator().manual_seed(case.index)).images[0]
-    rows = ours + classic + sdedit + [{"method": "text-to-image", "train_seconds": 0.0, **score(t2i, case)}]
-    for row in rows:
-        row.update(case=case.index, edit=case.edit, source_prompt=case.source_prompt, edit_prompt=case.edit_prompt)
-    images = [case.input_image(), case.ground_truth(), ours_shown, classic_shown, sdedit_shown, t2i]
-    return rows, images
+def _ablations(base, e_opt, case, defaults: ApplyConfig, seconds, inversion, photo) -> list[dict]:
+    """The defaults with the other start, and the sampling settings imagic-lora had before this benchmark."""
+    other_start = None if defaults.start == "inversion" else inversion
+    switched = replace(defaults, start="noise" if other_start is None else "inversion")
+    rows = [row | {"variant": f"start {switched.start}"}
+            for row, _ in imagic_rows("imagic-lora", base, e_opt, case, switched, seconds, other_start, photo)]
+    return rows + [row | {"variant": "before (noise, α 0.7, guidance 7.5)"}
+                   for row, _ in imagic_rows("imagic-lora", base, e_opt, case, OLD_DEFAULTS, seconds)]
+
+
+def _timing(base, e_opt, case, defaults: ApplyConfig, latents, inversion) -> dict:
+    """Seconds of one image at the defaults (photo decoded, stored inversion, keep) and of plain sampling."""
+    one = replace(defaults, seed=case.index, seeds=1)
+    plain = replace(one, start="noise", keep=False)
+    started = time.perf_counter()
+    generate(base, e_opt, case.edit_prompt, plain, 32, progress=False)
+    plain_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    generate(base, e_opt, case.edit_prompt, one, 32, progress=False,
+             start=inversion if one.start == "inversion" else None, photo=decode_latents(base, latents))
+    return {"plain": plain_seconds, "defaults": time.perf_counter() - started}
 
 
 def run(config: BenchConfig, out: Path, progress: bool = True) -> dict:
     """Run every case, write results.json and contact-sheet.png under ``out``, return the summary."""
     base = load_model(SHAPES_MODEL, device="cpu")
-    cases = make_cases(config.cases, config.seed)
-    rows, sheet = [], []
-    for case in tqdm(cases, desc="edit cases", disable=not progress, dynamic_ncols=True):
-        case_rows, images = run_case(base, case, config)
+    base.pipe.set_progress_bar_config(disable=True)
+    split_seed = SPLITS[config.split]
+    cases = make_cases(config.cases, split_seed)
+    cache = {} if config.recompute_baselines else load_cache(config.cache)
+    section = cache.setdefault(cache_section(base), {})
+    rows, sheet, timings, ceiling = [], [], [], []
+    for case in tqdm(cases, desc=f"edit cases ({config.split})", disable=not progress, dynamic_ncols=True):
+        case_rows, (ours_shown, alpha0) = _case(base, case, config, split_seed, section, timings)
         rows += case_rows
+        ceiling.append(score(round_trip(base.pipe.vae, case.input_image()), case)["preserved"])
         if len(sheet) < config.sheet_rows * len(SHEET_COLUMNS):
-            labels = [f"{case.index}: {case.edit}", *SHEET_COLUMNS[1:]]
-            sheet += list(zip(labels, images, strict=True))
+            sheet += _sheet_row(case, ours_shown, alpha0)
+        save_cache(config.cache, cache)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows, config.default_alpha)
-    settings = asdict(config) | {"edit_types": EDIT_TYPES}
-    (out / "results.json").write_text(json.dumps({"config": settings, "summary": summary, "rows": rows}, indent=1))
+    summary = summarize(rows, config.default_alpha) | {
+        "split": config.split, "cases": config.cases,
+        "ceiling": {"cases": len(ceiling), "input_preserved": 100.0 * sum(ceiling) / len(ceiling)},
+        "timing": _mean_timing(timings),
+    }
+    settings = asdict(config) | {"edit_types": EDIT_TYPES, "baselines": BASELINE_SAMPLING,
+                                 "old_defaults": asdict(OLD_DEFAULTS)}
+    text = json.dumps({"config": settings, "summary": summary, "rows": rows}, indent=1, default=str)
+    (out / "results.json").write_text(text)
     labelled_grid(sheet, len(SHEET_COLUMNS), 96).save(out / "contact-sheet.png")
     return summary
+
+
+def _case(base, case, config, split_seed, section, timings) -> tuple[list[dict], tuple]:
+    ours, shown, timing = ours_rows(base, case, config)
+    if timing:
+        timings.append(timing)
+    key = case_key(case, split_seed)
+    classic = case.index < config.classic_cases
+    cached = section.get(key)
+    if cached is None or (classic and not any(r["method"] == "classic-imagic" for r in cached["rows"])):
+        cached = {"rows": baseline_rows(base, case, classic)}
+        section[key] = cached
+    rows = ours + [dict(r) for r in cached["rows"] if r["method"] != "classic-imagic" or classic]
+    for row in rows:
+        row.update(case=case.index, edit=case.edit, source_prompt=case.source_prompt, edit_prompt=case.edit_prompt)
+    return rows, tuple(shown)
+
+
+def _sheet_row(case, ours_shown, alpha0) -> list[tuple[str, Image.Image]]:
+    blank = Image.new("RGB", (32, 32), "white")
+    images = [case.input_image(), case.ground_truth(), ours_shown or blank, alpha0 or blank]
+    labels = [f"{case.index}: {case.edit}", *SHEET_COLUMNS[1:]]
+    return list(zip(labels, images, strict=True))
+
+
+def _mean_timing(timings: list[dict]) -> dict:
+    if not timings:
+        return {}
+    plain = sum(t["plain"] for t in timings) / len(timings)
+    defaults = sum(t["defaults"] for t in timings) / len(timings)
+    return {"cases": len(timings), "plain_seconds": plain, "defaults_seconds": defaults,
+            "ratio": defaults / plain if plain else math.nan}

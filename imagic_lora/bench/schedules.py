@@ -7,22 +7,23 @@ scored along α by the pixel analyzer, as in the edit benchmark.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from statistics import fmean
 
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import ApplyConfig, TrainConfig
 from ..images import to_tensor
 from ..lora import fused_lora
-from ..method import encode_image, encode_prompt
+from ..method import decode_latents, encode_image, encode_prompt, invert
 from ..models import load_model
 from ..shapes.model import SHAPES_MODEL
 from .cases import make_cases
-from .edits import BenchConfig, classic_imagic, imagic_rows, train_imagic_lora
+from .edits import BASELINE_SAMPLING, classic_imagic, imagic_rows, train_imagic_lora
 from .report import capped_mean, rate
 
 CLASSIC = "classic 500+1000"
+ALPHAS = (0.7, 0.8, 0.9, 1.0, 1.1)
 SCHEDULES = {
     "500+500 (SD ports)": TrainConfig(embedding_steps=500, embedding_lr=1e-3, lora_steps=500, lora_lr=1e-4),
     "250+250, lr ×2": TrainConfig(embedding_steps=250, embedding_lr=2e-3, lora_steps=250, lora_lr=2e-4),
@@ -38,7 +39,6 @@ def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | No
           progress: bool = True) -> list[dict]:
     """Score rows for every schedule, the classic recipe, every α and case."""
     schedules = schedules or SCHEDULES
-    bench = BenchConfig(cases=cases, seed=seed)
     base = load_model(SHAPES_MODEL, device="cpu")
     rows = []
     for case in tqdm(make_cases(cases, seed), desc="schedule cases", disable=not progress, dynamic_ncols=True):
@@ -47,10 +47,20 @@ def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | No
         for name, config in schedules.items():
             e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config, case.index)
             with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
-                rows += [row | {"schedule": name} for row in imagic_rows(name, base, e_opt, case, bench, seconds)[0]]
-        with classic_imagic(base, latents, embedding, bench, case.index) as (e_opt, seconds):
-            rows += [row | {"schedule": CLASSIC} for row in imagic_rows(CLASSIC, base, e_opt, case, bench, seconds)[0]]
+                rows += _at_defaults(name, base, latents, e_opt, case, seconds)
+        steps, lr = BASELINE_SAMPLING["classic_steps"], BASELINE_SAMPLING["classic_lr"]
+        with classic_imagic(base, latents, embedding, steps, lr, case.index) as (e_opt, seconds):
+            rows += _at_defaults(CLASSIC, base, latents, e_opt, case, seconds)
     return rows
+
+
+def _at_defaults(name: str, base, latents, e_opt, case, seconds: float) -> list[dict]:
+    """Score rows along α with the shipped sampling defaults (the start, guidance and keep)."""
+    sampling = replace(ApplyConfig(), alphas=ALPHAS)
+    inversion = invert(base, latents, e_opt, sampling.steps, progress=False) if sampling.start == "inversion" else None
+    photo = decode_latents(base, latents)
+    rows = imagic_rows(name, base, e_opt, case, sampling, seconds, inversion, photo)
+    return [row | {"schedule": name} for row, _ in rows]
 
 
 def summarize_schedules(rows: list[dict]) -> dict:

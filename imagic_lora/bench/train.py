@@ -144,8 +144,8 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
 
     def profile(steps: int) -> None:
         with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):
-            generate(base, state["e_opt"], PROMPT, ApplyConfig(seeds=count, steps=steps, batch_size=count),
-                     resolution, progress=False)
+            sampling = ApplyConfig(seeds=count, steps=steps, batch_size=count, start="noise")
+            generate(base, state["e_opt"], PROMPT, sampling, resolution, progress=False)
 
     measured = {}
     for name, run in (("plain", plain), ("apply", profile)):
