@@ -241,7 +241,7 @@ def test_exit_codes_follow_one_rule():
     assert run("apply", "profile", "ball", "x", "--steps", "abc").exit_code == 2
     assert run("apply", "profile", "ball", "x", "--no-such-option").exit_code == 2
     assert run("apply", "profile", "ball", "x", "--steps", "0").exit_code == 1
-    assert run("bench", "edits", "--guidance", "-1").exit_code == 1
+    assert run("bench", "edits", "--cases", "0").exit_code == 1
 
 
 def test_a_png_write_that_dies_half_way_leaves_no_file(stored, tmp_path, monkeypatch):
