@@ -54,7 +54,7 @@ BASELINE_SAMPLING = {"steps": 50, "guidance": 7.5, "strengths": (0.5, 0.7), "kee
 # imagic-lora before this benchmark chose its defaults: random start noise, α 0.7, guidance 7.5, nothing kept
 OLD_DEFAULTS = ApplyConfig(alphas=(0.7,), guidance=7.5, start="noise", keep=False)
 DEFAULT_CACHE = Path("docs/bench/baselines.json")
-SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "α 0")
+SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "alpha 0")  # the grid font has no α
 
 
 @dataclass
