@@ -15,28 +15,37 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+def _pixels(image: Image.Image) -> torch.Tensor:
+    """``[H, W, 3]`` in [0, 1], in the image's own memory layout, so no pass over it needs a transpose."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
 
 
 def _to_image(pixels: torch.Tensor) -> Image.Image:
-    array = (pixels[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return Image.fromarray(array)
+    return Image.fromarray((pixels * 255).round_().clamp_(0, 255).to(torch.uint8).numpy())
+
+
+def _window_sums(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sums of ``x`` ``[1, 1, H, W]`` over square windows of side ``2 * radius + 1``, edges replicated.
+
+    From running sums, a row then a column pass, so the cost does not grow with the radius. A window of
+    zeros sums to exactly zero (the running sum does not move across it).
+    """
+    for dim, pad in ((3, (radius, radius, 0, 0)), (2, (0, 0, radius, radius))):
+        length = x.shape[dim]
+        running = torch.cumsum(F.pad(x, pad, mode="replicate"), dim)
+        running = torch.cat([torch.zeros_like(running.narrow(dim, 0, 1)), running], dim)
+        x = running.narrow(dim, 2 * radius + 1, length) - running.narrow(dim, 0, length)
+    return x
 
 
 def _box_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """The mean over a square window, edges replicated; as a row then a column pass, so large radii stay cheap."""
-    size = 2 * radius + 1
-    rows = F.avg_pool2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), (1, size), stride=1)
-    return F.avg_pool2d(F.pad(rows, (0, 0, radius, radius), mode="replicate"), (size, 1), stride=1)
+    """The mean over a square window, edges replicated."""
+    return _window_sums(x, radius) / (2 * radius + 1) ** 2
 
 
 def _grow(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """The maximum over a square window (a dilation), as a row then a column pass."""
-    size = 2 * radius + 1
-    rows = F.max_pool2d(mask, (1, size), stride=1, padding=(0, radius))
-    return F.max_pool2d(rows, (size, 1), stride=1, padding=(radius, 0))
+    """A 0/1 mask dilated by a square window: 1 wherever the window holds a 1."""
+    return (_window_sums(mask, radius) > 0.5).float()
 
 
 def changed_mask(edited: Image.Image, photo: Image.Image, threshold: float) -> torch.Tensor:
@@ -47,7 +56,7 @@ def changed_mask(edited: Image.Image, photo: Image.Image, threshold: float) -> t
     feathered over 1/32.
     """
     size = min(edited.size)
-    difference = (_to_tensor(edited) - _to_tensor(photo)).abs().amax(dim=1, keepdim=True)
+    difference = (_pixels(edited) - _pixels(photo)).abs().amax(dim=-1)[None, None]
     changed = (_box_blur(difference, max(1, size // 16)) > threshold).float()
     return _box_blur(_grow(changed, max(1, size // 16)), max(1, size // 32))
 
@@ -57,4 +66,4 @@ def keep_unchanged(edited: Image.Image, photo: Image.Image, threshold: float) ->
     if edited.size != photo.size:
         photo = photo.resize(edited.size, Image.Resampling.LANCZOS)
     mask = changed_mask(edited, photo, threshold)
-    return _to_image(mask * _to_tensor(edited) + (1 - mask) * _to_tensor(photo))
+    return _to_image(torch.lerp(_pixels(photo), _pixels(edited), mask[0, 0, :, :, None]))

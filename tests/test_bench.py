@@ -1,4 +1,7 @@
-"""The edit benchmark's cases, scoring and tables (the model runs are in test_shapes_model.py)."""
+"""The edit benchmark: cases, scoring, tables, the baseline cache, one case end to end (more: test_shapes_model)."""
+
+import json
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -133,3 +136,40 @@ def test_a_lossless_round_trip_reaches_the_full_ceiling_and_so_does_the_shipped_
     shipped = vae_ceiling(shapes_pipeline().vae, cases=200)
     # the tuned decoder keeps the marker: 98.5 % / 98.5 % (76.5 % before); the testbed must allow >= 97 %
     assert shipped["input_preserved"] >= 0.97 and shipped["truth_both"] >= 0.97, shipped["misses"]
+
+
+def _rows_without_seconds(rows):
+    return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
+
+
+def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once(monkeypatch, tmp_path):
+    from imagic_lora.config import TrainConfig
+
+    cache = tmp_path / "baselines.json"
+    config = edits.BenchConfig(cases=1, split="tuning", train=TrainConfig(embedding_steps=3, lora_steps=3),
+                               alphas=(0.0, 1.0), ablation_cases=0, classic_cases=0, timed_cases=0, cache=cache)
+    first = edits.run(config, tmp_path / "first", progress=False)
+    results = json.loads((tmp_path / "first" / "results.json").read_text())
+    variants = {(r["method"], r.get("variant"), r.get("alpha"), r.get("strength")) for r in results["rows"]}
+    assert {("imagic-lora", "defaults", 1.0, None), ("imagic-lora", "defaults, nothing kept", 0.0, None),
+            ("sdedit", None, None, 0.5), ("sdedit + keep", None, None, 0.7),
+            ("text-to-image", None, None, None)} <= variants
+    assert (tmp_path / "first" / "contact-sheet.png").is_file()
+    assert first["ceiling"] == {"cases": 1, "input_preserved": 100.0}, "case 0's round trip keeps the scene"
+    baselines = [r for r in results["rows"] if r["method"] != "imagic-lora"]
+    assert len(baselines) == 5 and not any(r["method"] == edits.CLASSIC_METHOD for r in baselines)
+
+    # a rerun takes the baselines from the cache; asking for classic Imagic computes only that
+    def refuse(*args):
+        raise AssertionError("the cached baselines were computed again")
+
+    classic = {"method": edits.CLASSIC_METHOD, "alpha": 0.7, "train_seconds": 1.0, "success": False,
+               "edit_success": True, "preserved": False, "psnr": 20.0}
+    monkeypatch.setattr(edits, "baseline_rows", refuse)
+    monkeypatch.setattr(edits, "classic_rows", lambda base, case, latents: [dict(classic)])
+    edits.run(replace(config, classic_cases=1), tmp_path / "second", progress=False)
+    again = json.loads((tmp_path / "second" / "results.json").read_text())["rows"]
+    rerun = [r for r in again if r["method"] not in ("imagic-lora", edits.CLASSIC_METHOD)]
+    assert _rows_without_seconds(rerun) == _rows_without_seconds(baselines)
+    assert [r["alpha"] for r in again if r["method"] == edits.CLASSIC_METHOD] == [0.7]
+    assert sum(len(case["rows"]) for case in json.loads(cache.read_text()).popitem()[1].values()) == 6

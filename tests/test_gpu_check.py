@@ -19,5 +19,8 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
     bench = results["steps"][0]["results"]
     for recipe in ("imagic-lora", "classic"):
         assert bench[recipe]["finetune"]["peak_bytes"] > 0
+    for sampling in ("plain", "apply", "apply_defaults"):  # the defaults: the stored inversion as start, keep on
+        assert bench["imagic-lora"][sampling]["seconds_each"] > 0
+    assert "at the defaults (stored inversion, keep)" in "\n".join(results["steps"][0]["tail"])
     assert results["steps"][1]["peak_cuda_bytes"] == 0, "the peak is read from the command's output (0 on a CPU)"
     assert len(list((tmp_path / "images-tiny-xl").glob("*.png"))) == 1

@@ -41,7 +41,6 @@ from ..method import (
 from ..models import BaseModel, load_model
 from ..shapes.model import SHAPES_MODEL
 from .cases import EDIT_TYPES, Case, make_cases, score
-from .ceiling import round_trip
 from .report import summarize
 
 SPLITS = {"tuning": 0, "held-out": 1}  # the seed of make_cases for each split
@@ -54,6 +53,7 @@ BASELINE_SAMPLING = {"steps": 50, "guidance": 7.5, "strengths": (0.5, 0.7), "kee
 # imagic-lora before this benchmark chose its defaults: random start noise, α 0.7, guidance 7.5, nothing kept
 OLD_DEFAULTS = ApplyConfig(alphas=(0.7,), guidance=7.5, start="noise", keep=False)
 DEFAULT_CACHE = Path("docs/bench/baselines.json")
+CLASSIC_METHOD = "classic-imagic"
 SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "alpha 0")  # the grid font has no α
 
 
@@ -118,13 +118,12 @@ def classic_imagic(base: BaseModel, latents, embedding, steps: int, lr: float, s
         base.pipe.unet.load_state_dict(original)
 
 
-def baseline_rows(base: BaseModel, case: Case, classic: bool) -> list[dict]:
-    """SDEdit, text-to-image and (if ``classic``) classic Imagic on one case, with their settings above."""
+def baseline_rows(base: BaseModel, case: Case, photo: Image.Image) -> list[dict]:
+    """SDEdit (plain and with the keep step against ``photo``) and text-to-image on one case."""
     s = BASELINE_SAMPLING
     pipe = StableDiffusionImg2ImgPipeline.from_pipe(base.pipe)
     pipe.set_progress_bar_config(disable=True)
     rows = []
-    photo = round_trip(base.pipe.vae, case.input_image())
     for strength in s["strengths"]:
         image = pipe(prompt=case.edit_prompt, image=case.input_image(), strength=strength,
                      num_inference_steps=s["steps"], guidance_scale=s["guidance"],
@@ -135,14 +134,17 @@ def baseline_rows(base: BaseModel, case: Case, classic: bool) -> list[dict]:
     t2i = base.pipe(prompt=case.edit_prompt, num_inference_steps=s["steps"], guidance_scale=s["guidance"],
                     generator=torch.Generator().manual_seed(case.index)).images[0]
     rows.append({"method": "text-to-image", "train_seconds": 0.0, **score(t2i, case)})
-    if classic:
-        latents = encode_image(base, to_tensor(case.input_image()))
-        embedding = encode_prompt(base, case.source_prompt)
-        with classic_imagic(base, latents, embedding, s["classic_steps"], s["classic_lr"], case.index) as (e, sec):
-            sampling = ApplyConfig(alphas=s["classic_alphas"], steps=s["steps"], guidance=s["guidance"],
-                                   start="noise", keep=False)
-            rows += [row for row, _ in imagic_rows("classic-imagic", base, e, case, sampling, sec)]
     return rows
+
+
+def classic_rows(base: BaseModel, case: Case, latents: torch.Tensor) -> list[dict]:
+    """Classic Imagic (full-UNet fine-tuning, random start noise, nothing kept) on one case, along its α."""
+    s = BASELINE_SAMPLING
+    embedding = encode_prompt(base, case.source_prompt)
+    with classic_imagic(base, latents, embedding, s["classic_steps"], s["classic_lr"], case.index) as (e_opt, seconds):
+        sampling = ApplyConfig(alphas=s["classic_alphas"], steps=s["steps"], guidance=s["guidance"],
+                               start="noise", keep=False)
+        return [row for row, _ in imagic_rows(CLASSIC_METHOD, base, e_opt, case, sampling, seconds)]
 
 
 def case_key(case: Case, split_seed: int) -> str:
@@ -169,17 +171,18 @@ def save_cache(path: Path, cache: dict) -> None:
     atomic_write(path, (json.dumps(cache, indent=0, sort_keys=True) + "\n").encode())
 
 
-def ours_rows(base: BaseModel, case: Case, config: BenchConfig) -> tuple[list[dict], list[Image.Image], dict]:
+def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.Tensor,
+              photo: Image.Image) -> tuple[list[dict], list[Image.Image], dict]:
     """imagic-lora on one case: the defaults along α, and the variants that show what each part adds."""
-    latents = encode_image(base, to_tensor(case.input_image()))
     embedding = encode_prompt(base, case.source_prompt)
     e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config.train, case.index)
     defaults = config.apply
     rows, shown, timing = [], {}, {}
     with fused_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha):
         inversion = invert(base, latents, e_opt, defaults.steps, progress=False)
-        photo = decode_latents(base, latents)
         start = inversion if defaults.start == "inversion" else None
+        # one sample per α gives two rows: as sampled ("nothing kept") and with the keep step that
+        # generate() would apply, done here so the sampling is not run twice
         curve = replace(defaults, alphas=config.alphas, keep=False, batch_size=len(config.alphas))
         for row, image in imagic_rows("imagic-lora", base, e_opt, case, curve, seconds, start):
             kept = keep_unchanged(image, photo, defaults.keep_threshold) if defaults.keep else image
@@ -226,9 +229,9 @@ def run(config: BenchConfig, out: Path, progress: bool = True) -> dict:
     section = cache.setdefault(cache_section(base), {})
     rows, sheet, timings, ceiling = [], [], [], []
     for case in tqdm(cases, desc=f"edit cases ({config.split})", disable=not progress, dynamic_ncols=True):
-        case_rows, (ours_shown, alpha0) = _case(base, case, config, split_seed, section, timings)
+        case_rows, (ours_shown, alpha0), preserved = _case(base, case, config, split_seed, section, timings)
         rows += case_rows
-        ceiling.append(score(round_trip(base.pipe.vae, case.input_image()), case)["preserved"])
+        ceiling.append(preserved)
         if len(sheet) < config.sheet_rows * len(SHEET_COLUMNS):
             sheet += _sheet_row(case, ours_shown, alpha0)
         save_cache(config.cache, cache)
@@ -246,20 +249,31 @@ def run(config: BenchConfig, out: Path, progress: bool = True) -> dict:
     return summary
 
 
-def _case(base, case, config, split_seed, section, timings) -> tuple[list[dict], tuple]:
-    ours, shown, timing = ours_rows(base, case, config)
+def _case(base, case, config, split_seed, section, timings) -> tuple[list[dict], tuple, bool]:
+    """Rows of every method on one case, the images for the contact sheet, and whether the photo's VAE
+    round trip alone scores as preserved (the ceiling)."""
+    latents = encode_image(base, to_tensor(case.input_image()))
+    photo = decode_latents(base, latents)  # the photo as the model sees it: what the keep step puts back
+    ours, shown, timing = ours_rows(base, case, config, latents, photo)
     if timing:
         timings.append(timing)
-    key = case_key(case, split_seed)
-    classic = case.index < config.classic_cases
-    cached = section.get(key)
-    if cached is None or (classic and not any(r["method"] == "classic-imagic" for r in cached["rows"])):
-        cached = {"rows": baseline_rows(base, case, classic)}
-        section[key] = cached
-    rows = ours + [dict(r) for r in cached["rows"] if r["method"] != "classic-imagic" or classic]
+    rows = ours + [dict(row) for row in _cached_baselines(base, case, config, split_seed, section, latents, photo)]
     for row in rows:
         row.update(case=case.index, edit=case.edit, source_prompt=case.source_prompt, edit_prompt=case.edit_prompt)
-    return rows, tuple(shown)
+    return rows, tuple(shown), bool(score(photo, case)["preserved"])
+
+
+def _cached_baselines(base, case, config, split_seed, section, latents, photo) -> list[dict]:
+    """The case's baseline rows from the cache, computing (and caching) only what it lacks."""
+    key = case_key(case, split_seed)
+    cached = section.get(key)
+    if cached is None:
+        cached = section[key] = {"rows": baseline_rows(base, case, photo)}
+    classic = case.index < config.classic_cases
+    has_classic = any(row["method"] == CLASSIC_METHOD for row in cached["rows"])
+    if classic and not has_classic:
+        cached["rows"] += classic_rows(base, case, latents)
+    return [row for row in cached["rows"] if row["method"] != CLASSIC_METHOD or classic]
 
 
 def _sheet_row(case, ours_shown, alpha0) -> list[tuple[str, Image.Image]]:

@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..config import ApplyConfig, TrainConfig
 from ..lora import fused_lora
-from ..method import encode_prompt, encoders_offloaded, finetune_full, finetune_lora, generate, optimize_embedding
+from ..method import (
+    decode_latents,
+    encode_prompt,
+    encoders_offloaded,
+    finetune_full,
+    finetune_lora,
+    generate,
+    invert,
+    optimize_embedding,
+)
 from ..models import BaseModel, choose_device, choose_dtype, prepare
 from .architectures import random_pipeline
 from .memory import TensorPeak, module_tensors, peak_rss_bytes, reset_peak_rss
@@ -37,6 +48,7 @@ RECIPES = {
 CLASSIC_STEPS = (500, 1000)  # the classic schedule: embedding steps, UNet steps
 CLASSIC_LR = 2e-6
 PROMPT = "a photo of a dog"
+APPLY_ROUNDS = 4  # sampling is timed once more in each round; each mode reports its median
 
 
 @dataclass
@@ -128,32 +140,62 @@ def measure(recipe: str, config: TrainBenchConfig, results: dict | None = None) 
         results["finetune"] = _measure(base, resident + inputs + state["e_opt"].tensors(), lora if ours else full,
                                        config.steps)
     if ours:
-        results.update(_measure_apply(base, state, config, resolution))
+        results.update(_measure_apply(base, state, config, resolution, latents))
     return results
 
 
-def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resolution: int) -> dict:
-    """Images with the profile (adapter fused) against the plain pipeline from the prompt, same steps."""
+def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resolution: int,
+                   latents: torch.Tensor) -> dict:
+    """Images with the profile (adapter fused) against the plain pipeline from the prompt, same steps.
+
+    With the profile twice: from seeded noise, and at the apply defaults (the stored inversion of the
+    photo as the start, the photo decoded and its unchanged pixels kept), one α per image in a batch.
+    """
     pipe, count = base.pipe, config.apply_images
     resident = module_tensors(pipe.unet, pipe.vae, *base.text_encoders)
     train = TrainConfig()
+    alphas = tuple(round(1.0 - 0.1 * i, 1) for i in range(count))
+    with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
+        inversion = invert(base, latents, state["e_opt"], config.apply_steps, progress=False)
 
     def plain(steps: int) -> None:
         pipe(prompt=[PROMPT] * count, num_inference_steps=steps, height=resolution, width=resolution,
              generator=[torch.Generator().manual_seed(i) for i in range(count)])
 
-    def profile(steps: int) -> None:
+    def profile(steps: int, start: str) -> None:
+        sampling = ApplyConfig(alphas=alphas, steps=steps, batch_size=count, start=start, keep=start == "inversion")
         with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):
-            sampling = ApplyConfig(seeds=count, steps=steps, batch_size=count, start="noise")
-            generate(base, state["e_opt"], PROMPT, sampling, resolution, progress=False)
+            photo = decode_latents(base, latents) if sampling.keep else None
+            generate(base, state["e_opt"], PROMPT, sampling, resolution, progress=False,
+                     start=inversion if start == "inversion" else None, photo=photo)
 
+    runs = {"plain": plain, "apply": partial(profile, start="noise"),
+            "apply_defaults": partial(profile, start="inversion")}
     measured = {}
-    for name, run in (("plain", plain), ("apply", profile)):
+    for name, run in runs.items():
         _log(f"{OURS}: {name} sampling ({count} images, {config.apply_steps} steps)")
         measured[name] = _measure(base, [*resident, *state["e_opt"].tensors()], lambda _, r=run: r(config.apply_steps),
                                   1)
+    _log(f"{OURS}: sampling again, {APPLY_ROUNDS} rounds taking turns")
+    for name, seconds in _interleaved(base, runs, config.apply_steps).items():
+        rounds = [measured[name]["seconds"], *seconds]
+        measured[name].update(rounds=rounds, seconds=statistics.median(rounds))
         measured[name]["seconds_each"] = measured[name]["seconds"] / count
     return measured
+
+
+def _interleaved(base: BaseModel, runs: dict[str, Callable[[int], None]], steps: int) -> dict[str, list[float]]:
+    """Seconds of every run in each of ``APPLY_ROUNDS`` rounds, the runs taking turns, so that a machine
+    whose speed drifts (a shared or throttled GPU) slows them all alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(APPLY_ROUNDS):
+        for name, run in runs.items():
+            _sync(base.device)
+            start = time.perf_counter()
+            run(steps)
+            _sync(base.device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
 def run(config: TrainBenchConfig) -> dict:
@@ -236,13 +278,25 @@ def report(results: dict) -> str:
     plain, apply = ours["plain"], ours["apply"]
     lines += [
         "",
-        "| sampling | s/image | peak | overhead |",
+        f"| sampling | s/image{_rounds(plain)} | peak | overhead |",
         "|---|---|---|---|",
         f"| plain pipeline | {plain['seconds_each']:.2f} | {_gib(plain['peak_bytes'])} | |",
-        f"| with the profile (adapter fused) | {apply['seconds_each']:.2f} | {_gib(apply['peak_bytes'])} "
-        f"| {100 * (apply['seconds_each'] / plain['seconds_each'] - 1):+.1f} % |",
+        f"| with the profile (adapter fused), from noise | {apply['seconds_each']:.2f} "
+        f"| {_gib(apply['peak_bytes'])} | {_overhead(apply, plain)} vs plain |",
     ]
+    if "apply_defaults" in ours:  # results written before the defaults started from the stored inversion lack it
+        defaults = ours["apply_defaults"]
+        lines.append(f"| with the profile at the defaults (stored inversion, keep) | {defaults['seconds_each']:.2f} "
+                     f"| {_gib(defaults['peak_bytes'])} | {_overhead(defaults, apply)} vs from noise |")
     return "\n".join(lines)
+
+
+def _rounds(measured: dict) -> str:
+    return f" (median of {len(measured['rounds'])} runs)" if "rounds" in measured else ""
+
+
+def _overhead(measured: dict, reference: dict) -> str:
+    return f"{100 * (measured['seconds_each'] / reference['seconds_each'] - 1):+.1f} %"
 
 
 def _machine(config: TrainBenchConfig) -> str:
