@@ -173,3 +173,16 @@ def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once
     assert _rows_without_seconds(rerun) == _rows_without_seconds(baselines)
     assert [r["alpha"] for r in again if r["method"] == edits.CLASSIC_METHOD] == [0.7]
     assert sum(len(case["rows"]) for case in json.loads(cache.read_text()).popitem()[1].values()) == 6
+
+    # recomputing replaces this case's rows and leaves every other entry of the cache alone
+    stored = json.loads(cache.read_text())
+    stored["another model|settings"] = {"1/0/abc": {"rows": [dict(classic)]}}
+    cache.write_text(json.dumps(stored))
+    sdedit = {**classic, "method": "sdedit", "strength": 0.5}
+    monkeypatch.setattr(edits, "baseline_rows", lambda base, case, photo: [dict(sdedit)])
+    edits.run(replace(config, recompute_baselines=True), tmp_path / "third", progress=False)
+    after = json.loads(cache.read_text())
+    assert after["another model|settings"] == stored["another model|settings"]
+    (case_rows,) = [case["rows"] for section, cases in after.items() if section != "another model|settings"
+                    for case in cases.values()]
+    assert [row["method"] for row in case_rows] == ["sdedit"]

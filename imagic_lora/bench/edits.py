@@ -225,7 +225,7 @@ def run(config: BenchConfig, out: Path, progress: bool = True) -> dict:
     base.pipe.set_progress_bar_config(disable=True)
     split_seed = SPLITS[config.split]
     cases = make_cases(config.cases, split_seed)
-    cache = {} if config.recompute_baselines else load_cache(config.cache)
+    cache = load_cache(config.cache)  # other models' and cases' entries stay, even when recomputing
     section = cache.setdefault(cache_section(base), {})
     rows, sheet, timings, ceiling = [], [], [], []
     for case in tqdm(cases, desc=f"edit cases ({config.split})", disable=not progress, dynamic_ncols=True):
@@ -266,7 +266,7 @@ def _case(base, case, config, split_seed, section, timings) -> tuple[list[dict],
 def _cached_baselines(base, case, config, split_seed, section, latents, photo) -> list[dict]:
     """The case's baseline rows from the cache, computing (and caching) only what it lacks."""
     key = case_key(case, split_seed)
-    cached = section.get(key)
+    cached = None if config.recompute_baselines else section.get(key)
     if cached is None:
         cached = section[key] = {"rows": baseline_rows(base, case, photo)}
     classic = case.index < config.classic_cases
