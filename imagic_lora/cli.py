@@ -449,17 +449,20 @@ def bench_sanity(prompts, out) -> None:
 @click.option("--cache", type=click.Path(dir_okay=False), default="docs/bench/baselines.json", show_default=True,
               help="The baselines' scores, kept per shapes model and case.")
 @click.option("--recompute-baselines", is_flag=True, help="Compute the baselines again instead of reading the cache.")
+@click.option("--workers", type=int, default=None,
+              help="Processes running cases side by side, one small model each.  [default: the CPU count]")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors
-def bench_edits(cases, split, classic_cases, cache, recompute_baselines, out) -> None:
+def bench_edits(cases, split, classic_cases, cache, recompute_baselines, workers, out) -> None:
     """Edit quality at the shipped defaults: imagic-lora vs SDEdit, text-to-image and classic Imagic."""
     from pathlib import Path
 
     from .bench.edits import BenchConfig, run
     from .bench.report import tables
 
+    more = {} if workers is None else {"workers": workers}
     config = BenchConfig(cases=cases, split=split, classic_cases=min(classic_cases, cases), cache=Path(cache),
-                         recompute_baselines=recompute_baselines)
+                         recompute_baselines=recompute_baselines, **more)
     summary = run(config, Path(out))
     click.echo(tables(summary))
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")

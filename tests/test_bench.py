@@ -1,6 +1,7 @@
 """The edit benchmark: cases, scoring, tables, the baseline cache, one case end to end (more: test_shapes_model)."""
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -96,13 +97,17 @@ def test_bench_edits_passes_its_options_to_the_benchmark_and_refuses_a_bad_split
     monkeypatch.setattr(edits, "run", lambda config, out: configs.append(config) or {})
     monkeypatch.setattr("imagic_lora.bench.report.tables", lambda summary: "table")
     assert run("bench", "edits", "--cases", 2, "--split", "tuning", "--classic-cases", 1,
-               "--recompute-baselines", "--out", tmp_path).exit_code == 0
-    config = configs[0]
+               "--recompute-baselines", "--workers", 3, "--out", tmp_path).exit_code == 0
+    assert run("bench", "edits", "--out", tmp_path).exit_code == 0
+    config, default = configs
     assert (config.cases, config.split, config.classic_cases, config.recompute_baselines) == (2, "tuning", 1, True)
+    assert config.workers == 3 and default.workers == (os.cpu_count() or 1), "one process per core by default"
     assert config.apply == ApplyConfig(), "the benchmark measures the shipped defaults"
     refused = run("bench", "edits", "--cases", 0, "--out", tmp_path)
-    assert refused.exit_code == 1 and len(configs) == 1
+    assert refused.exit_code == 1 and len(configs) == 2
     assert refused.stderr.strip() == "Error: --cases must be in [1, 10000], got 0"
+    refused = run("bench", "edits", "--workers", 0, "--out", tmp_path)
+    assert refused.exit_code == 1 and refused.stderr.strip() == "Error: --workers must be in [1, 64], got 0"
 
 
 def test_the_baseline_cache_key_changes_with_the_case_and_only_with_it():
@@ -147,7 +152,8 @@ def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once
 
     cache = tmp_path / "baselines.json"
     config = edits.BenchConfig(cases=1, split="tuning", train=TrainConfig(embedding_steps=3, lora_steps=3),
-                               alphas=(0.0, 1.0), ablation_cases=0, classic_cases=0, timed_cases=0, cache=cache)
+                               alphas=(0.0, 1.0), ablation_cases=0, classic_cases=0, timed_cases=0, cache=cache,
+                               workers=1)  # in this process, where the monkeypatches below act
     first = edits.run(config, tmp_path / "first", progress=False)
     results = json.loads((tmp_path / "first" / "results.json").read_text())
     variants = {(r["method"], r.get("variant"), r.get("alpha"), r.get("strength")) for r in results["rows"]}
@@ -186,3 +192,23 @@ def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once
     (case_rows,) = [case["rows"] for section, cases in after.items() if section != "another model|settings"
                     for case in cases.values()]
     assert [row["method"] for row in case_rows] == ["sdedit"]
+
+
+def test_bench_edits_scores_the_same_in_worker_processes_as_in_one_process(tmp_path):
+    from imagic_lora.config import TrainConfig
+
+    config = edits.BenchConfig(cases=2, split="held-out", train=TrainConfig(embedding_steps=3, lora_steps=3),
+                               alphas=(0.0, 1.0), ablation_cases=1, classic_cases=0, timed_cases=1)
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / str(workers)
+        edits.run(replace(config, workers=workers, cache=out / "baselines.json"), out, progress=False)
+        results[workers] = json.loads((out / "results.json").read_text())
+    # each worker runs on its own CPU thread, which changes float sums in the last digits only
+    one, two = ([{k: v for k, v in row.items() if k not in ("train_seconds", "psnr")} for row in r["rows"]]
+                for r in results.values())
+    assert one == two and len(one) > 10
+    psnr = [(a["psnr"], b["psnr"]) for a, b in zip(results[1]["rows"], results[2]["rows"], strict=True)]
+    assert all(abs(a - b) < 1e-3 for a, b in psnr)
+    assert {row["case"] for row in results[2]["rows"]} == {0, 1}
+    assert results[2]["summary"]["timing"]["cases"] == 1

@@ -13,7 +13,10 @@ import copy
 import hashlib
 import json
 import math
+import multiprocessing
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -72,6 +75,7 @@ class BenchConfig:
     recompute_baselines: bool = False
     timed_cases: int = 10
     sheet_rows: int = 16
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes, one shapes model each
 
     def __post_init__(self) -> None:
         if not 1 <= self.cases <= 10_000:
@@ -80,6 +84,8 @@ class BenchConfig:
             raise InvalidConfig(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if not 0 <= self.classic_cases <= self.cases:
             raise InvalidConfig(f"--classic-cases must be in [0, --cases], got {self.classic_cases}")
+        if not 1 <= self.workers <= 64:
+            raise InvalidConfig(f"--workers must be in [1, 64], got {self.workers}")
 
     @property
     def default_alpha(self) -> float:
@@ -227,13 +233,19 @@ def run(config: BenchConfig, out: Path, progress: bool = True) -> dict:
     cases = make_cases(config.cases, split_seed)
     cache = load_cache(config.cache)  # other models' and cases' entries stay, even when recomputing
     section = cache.setdefault(cache_section(base), {})
+    jobs = [(case, None if config.recompute_baselines else section.get(case_key(case, split_seed)))
+            for case in cases]
     rows, sheet, timings, ceiling = [], [], [], []
-    for case in tqdm(cases, desc=f"edit cases ({config.split})", disable=not progress, dynamic_ncols=True):
-        case_rows, (ours_shown, alpha0), preserved = _case(base, case, config, split_seed, section, timings)
-        rows += case_rows
-        ceiling.append(preserved)
+    results = _case_results(base, config, jobs)
+    for case, result in tqdm(zip(cases, results, strict=True), total=len(cases), desc=f"edit cases ({config.split})",
+                             disable=not progress, dynamic_ncols=True):
+        section[case_key(case, split_seed)] = result.baselines
+        rows += result.rows
+        ceiling.append(result.preserved)
+        if result.timing:
+            timings.append(result.timing)
         if len(sheet) < config.sheet_rows * len(SHEET_COLUMNS):
-            sheet += _sheet_row(case, ours_shown, alpha0)
+            sheet += _sheet_row(case, *result.shown)
         save_cache(config.cache, cache)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, config.default_alpha) | {
@@ -249,31 +261,67 @@ def run(config: BenchConfig, out: Path, progress: bool = True) -> dict:
     return summary
 
 
-def _case(base, case, config, split_seed, section, timings) -> tuple[list[dict], tuple, bool]:
-    """Rows of every method on one case, the images for the contact sheet, and whether the photo's VAE
-    round trip alone scores as preserved (the ceiling)."""
+@dataclass
+class CaseResult:
+    rows: list[dict]  # every method's scores on the case
+    shown: tuple  # the contact sheet's images: the edit at the default α, and α 0
+    preserved: bool  # whether the photo's VAE round trip alone scores as preserved (the ceiling)
+    timing: dict  # seconds of plain sampling and of the defaults, on the timed cases only
+    baselines: dict  # the case's cache entry, with whatever was missing computed
+
+
+def _case_results(base: BaseModel, config: BenchConfig, jobs: list) -> Iterator[CaseResult]:
+    """Each job's result in order: in this process, or split over ``config.workers`` processes of one
+    shapes model each. The model is small enough that the cores do more as separate processes."""
+    workers = min(config.workers, len(jobs))
+    if workers == 1:
+        return (_case(base, case, config, cached) for case, cached in jobs)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (config, threads))
+    return _closing(pool, pool.imap(_worker_case, jobs))
+
+
+def _closing(pool, results: Iterator[CaseResult]) -> Iterator[CaseResult]:
+    with pool:
+        yield from results
+
+
+_worker: dict = {}  # a worker process's shapes model and benchmark settings
+
+
+def _start_worker(config: BenchConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
+    base = load_model(SHAPES_MODEL, device="cpu")
+    base.pipe.set_progress_bar_config(disable=True)
+    _worker.update(base=base, config=config)
+
+
+def _worker_case(job: tuple) -> CaseResult:
+    case, cached = job
+    return _case(_worker["base"], case, _worker["config"], cached)
+
+
+def _case(base: BaseModel, case: Case, config: BenchConfig, cached: dict | None) -> CaseResult:
+    """Every method on one case; of the baselines, only what ``cached`` lacks is computed."""
     latents = encode_image(base, to_tensor(case.input_image()))
     photo = decode_latents(base, latents)  # the photo as the model sees it: what the keep step puts back
     ours, shown, timing = ours_rows(base, case, config, latents, photo)
-    if timing:
-        timings.append(timing)
-    rows = ours + [dict(row) for row in _cached_baselines(base, case, config, split_seed, section, latents, photo)]
+    entry = _complete_baselines(base, case, config, cached, latents, photo)
+    classic = case.index < config.classic_cases
+    baselines = [dict(row) for row in entry["rows"] if row["method"] != CLASSIC_METHOD or classic]
+    rows = ours + baselines
     for row in rows:
         row.update(case=case.index, edit=case.edit, source_prompt=case.source_prompt, edit_prompt=case.edit_prompt)
-    return rows, tuple(shown), bool(score(photo, case)["preserved"])
+    return CaseResult(rows, tuple(shown), bool(score(photo, case)["preserved"]), timing, entry)
 
 
-def _cached_baselines(base, case, config, split_seed, section, latents, photo) -> list[dict]:
-    """The case's baseline rows from the cache, computing (and caching) only what it lacks."""
-    key = case_key(case, split_seed)
-    cached = None if config.recompute_baselines else section.get(key)
-    if cached is None:
-        cached = section[key] = {"rows": baseline_rows(base, case, photo)}
-    classic = case.index < config.classic_cases
-    has_classic = any(row["method"] == CLASSIC_METHOD for row in cached["rows"])
-    if classic and not has_classic:
-        cached["rows"] += classic_rows(base, case, latents)
-    return [row for row in cached["rows"] if row["method"] != CLASSIC_METHOD or classic]
+def _complete_baselines(base, case, config, cached: dict | None, latents, photo) -> dict:
+    """The case's cache entry with whatever it lacks computed: the baselines, and classic Imagic when asked."""
+    entry = {"rows": baseline_rows(base, case, photo)} if cached is None else {"rows": list(cached["rows"])}
+    has_classic = any(row["method"] == CLASSIC_METHOD for row in entry["rows"])
+    if case.index < config.classic_cases and not has_classic:
+        entry["rows"] += classic_rows(base, case, latents)
+    return entry
 
 
 def _sheet_row(case, ours_shown, alpha0) -> list[tuple[str, Image.Image]]:
