@@ -150,13 +150,13 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
 
     With the profile twice: from seeded noise, and at the apply defaults (the stored inversion of the
     photo as the start, the photo decoded and its unchanged pixels kept), one α per image in a batch.
+    The adapter is fused once around every run, as ``apply`` fuses it once per command: fused weights
+    cost the plain pipeline what the base weights cost, and the runs time sampling, not fusing.
     """
     pipe, count = base.pipe, config.apply_images
     resident = module_tensors(pipe.unet, pipe.vae, *base.text_encoders)
     train = TrainConfig()
     alphas = tuple(round(1.0 - 0.1 * i, 1) for i in range(count))
-    with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
-        inversion = invert(base, latents, state["e_opt"], config.apply_steps, progress=False)
 
     def plain(steps: int) -> None:
         pipe(prompt=[PROMPT] * count, num_inference_steps=steps, height=resolution, width=resolution,
@@ -164,20 +164,22 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
 
     def profile(steps: int, start: str) -> None:
         sampling = ApplyConfig(alphas=alphas, steps=steps, batch_size=count, start=start, keep=start == "inversion")
-        with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):
-            photo = decode_latents(base, latents) if sampling.keep else None
-            generate(base, state["e_opt"], PROMPT, sampling, resolution, progress=False,
-                     start=inversion if start == "inversion" else None, photo=photo)
+        photo = decode_latents(base, latents) if sampling.keep else None
+        generate(base, state["e_opt"], PROMPT, sampling, resolution, progress=False,
+                 start=inversion if start == "inversion" else None, photo=photo)
 
     runs = {"plain": plain, "apply": partial(profile, start="noise"),
             "apply_defaults": partial(profile, start="inversion")}
     measured = {}
-    for name, run in runs.items():
-        _log(f"{OURS}: {name} sampling ({count} images, {config.apply_steps} steps)")
-        measured[name] = _measure(base, [*resident, *state["e_opt"].tensors()], lambda _, r=run: r(config.apply_steps),
-                                  1)
-    _log(f"{OURS}: sampling again, {APPLY_ROUNDS} rounds taking turns")
-    for name, seconds in _interleaved(base, runs, config.apply_steps).items():
+    with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
+        inversion = invert(base, latents, state["e_opt"], config.apply_steps, progress=False)
+        for name, run in runs.items():
+            _log(f"{OURS}: {name} sampling ({count} images, {config.apply_steps} steps)")
+            measured[name] = _measure(base, [*resident, *state["e_opt"].tensors()],
+                                      lambda _, r=run: r(config.apply_steps), 1)
+        _log(f"{OURS}: sampling again, {APPLY_ROUNDS} rounds taking turns")
+        interleaved = _interleaved(base, runs, config.apply_steps)
+    for name, seconds in interleaved.items():
         rounds = [measured[name]["seconds"], *seconds]
         measured[name].update(rounds=rounds, seconds=statistics.median(rounds))
         measured[name]["seconds_each"] = measured[name]["seconds"] / count
