@@ -112,10 +112,10 @@ def save_or_rescue(store: ProfileStore, profile: Profile, replace: bool) -> None
     try:
         store.save(profile, replace=replace)
     except Exception as ex:  # a full disk, a locked or read-only store, a name taken meanwhile
-        raise _rescued(profile, ex) from ex
+        raise rescued(profile, ex) from ex
 
 
-def _rescued(profile: Profile, ex: Exception) -> Exception:
+def rescued(profile: Profile, ex: Exception) -> Exception:
     """Write ``profile`` to a file after the store refused it; the error to raise says where it is."""
     reason = str(ex) if isinstance(ex, ImagicError) else f"{type(ex).__name__}: {ex}"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .errors import ImagicError, InvalidConfig
+from .errors import ImagicError, InvalidConfig, OutputError
 from .files import read_text
 from .limits import MAX_BATCH_ROWS
 
@@ -210,9 +210,14 @@ class FolderTarget:
             return {}  # unreadable: never equal to a finished profile, so it is trained again
 
     def save(self, profile, replace: bool) -> str:
+        """Write the profile's file; without ``replace``, a file made meanwhile stays and the profile is rescued."""
+        from .api import rescued
         from .files import atomic_write
 
-        return f"written to {atomic_write(self.path(profile.name), profile.to_bytes())}"
+        try:
+            return f"written to {atomic_write(self.path(profile.name), profile.to_bytes(), replace)}"
+        except FileExistsError as ex:
+            raise rescued(profile, OutputError(f"{ex.filename} appeared while training; it was left alone")) from None
 
 
 # --- running it -------------------------------------------------------------------------------------------

@@ -88,8 +88,12 @@ def check_file(path: str | Path, example: str) -> Path:
     return path
 
 
-def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> Path:
-    """Write ``data`` (bytes, or a function that writes the given path) to ``path`` atomically, mode 0644."""
+def atomic_write(path: str | Path, data: bytes | Callable[[Path], None], replace: bool = True) -> Path:
+    """Write ``data`` (bytes, or a function that writes the given path) to ``path`` atomically, mode 0644.
+
+    With ``replace`` false an existing ``path`` is left alone and ``FileExistsError`` raised, even when
+    another process makes it while this one writes.
+    """
     path = Path(path)
     part = path.with_name(path.name + PART)
     try:
@@ -104,12 +108,31 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> Path
         umask = os.umask(0)
         os.umask(umask)
         part.chmod(0o666 & ~umask)
-        part.replace(path)
+        _move(part, path, replace)
+    except FileExistsError:
+        part.unlink(missing_ok=True)
+        raise
     except OSError as ex:
         with contextlib.suppress(OSError):
             part.unlink(missing_ok=True)
         raise write_error(path, ex) from None
     return path
+
+
+def _move(part: Path, path: Path, replace: bool) -> None:
+    if replace:
+        part.replace(path)
+        return
+    try:
+        os.link(part, path)  # fails if path exists, whoever made it
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        part.replace(path)
+        return
+    part.unlink()
 
 
 def read_text(path: str | Path, what: str, example: str) -> str:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import EXAMPLE_PROFILE, PROMPT
 from helpers import run
 from store_worker import IMPORTS, WRITES
@@ -196,3 +197,35 @@ def test_rename_racing_import_and_rm_never_loses_or_resurrects_a_profile(trained
         names = [row["name"] for row in store.list()]
         assert (renamed, removed) in (("ok", "ProfileNotFound"), ("ProfileNotFound", "ok")), (renamed, removed)
         assert names == (["b"] if renamed == "ok" else []), f"rename {renamed}, rm {removed}: left {names}"
+
+
+def test_a_write_that_must_not_replace_leaves_a_file_made_meanwhile_alone(tmp_path):
+    from imagic_lora.files import atomic_write
+
+    path = tmp_path / "a.bin"
+    assert atomic_write(path, b"first", replace=False) == path and path.read_bytes() == b"first"
+    with pytest.raises(FileExistsError):
+        atomic_write(path, b"second", replace=False)
+    assert path.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    atomic_write(path, b"third")
+    assert path.read_bytes() == b"third"
+
+
+def test_a_batch_folder_keeps_a_profile_file_made_while_training_and_rescues_the_new_one(trained, tmp_path,
+                                                                                        isolated_user_dir):
+    from imagic_lora.batch import FolderTarget
+    from imagic_lora.errors import ProfileNotSaved
+    from imagic_lora.store import read_profile_file
+
+    target = FolderTarget(tmp_path / "out")
+    theirs = target.path(trained.name)
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"another process's profile")  # appeared after the batch found no file there
+    with pytest.raises(ProfileNotSaved, match="left alone") as caught:
+        target.save(trained, replace=False)
+    assert theirs.read_bytes() == b"another process's profile"
+    (rescued,) = (isolated_user_dir / "rescued").iterdir()
+    assert str(rescued) in str(caught.value)
+    assert torch.equal(read_profile_file(rescued).e_opt, trained.e_opt)
+    assert target.save(trained, replace=True) == f"written to {theirs}"
+    assert read_profile_file(theirs).name == trained.name
