@@ -441,7 +441,7 @@ def bench_sanity(prompts, out) -> None:
 
 @bench.command(name="edits")
 @click.option("--cases", type=int, default=100, show_default=True,
-              help="Cases of the split (about 18 s each on 2 CPU cores, plus baselines not yet cached).")
+              help="Cases of the split (about 9 s each on 2 CPU cores, plus baselines not yet cached).")
 @click.option("--split", type=click.Choice(["held-out", "tuning"]), default="held-out", show_default=True,
               help="held-out: cases never used to choose the defaults; tuning: the cases they were chosen on.")
 @click.option("--classic-cases", type=int, default=4, show_default=True,

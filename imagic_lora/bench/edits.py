@@ -62,7 +62,7 @@ SHEET_COLUMNS = ("input", "ground truth", "imagic-lora", "alpha 0")  # the grid 
 
 @dataclass
 class BenchConfig:
-    """What the benchmark runs: 100 held-out cases, about 30 minutes on a 2-core CPU once baselines are cached."""
+    """What the benchmark runs: 100 held-out cases, about 15 minutes on a 2-core CPU once baselines are cached."""
 
     cases: int = 100
     split: str = "held-out"
