@@ -110,7 +110,8 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None], replace
         part.chmod(0o666 & ~umask)
         _move(part, path, replace)
     except FileExistsError:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
         raise
     except OSError as ex:
         with contextlib.suppress(OSError):
@@ -125,12 +126,10 @@ def _move(part: Path, path: Path, replace: bool) -> None:
         return
     try:
         os.link(part, path)  # fails if path exists, whoever made it
-    except FileExistsError:
-        raise
-    except OSError:  # a file system without hard links: check, then rename
-        if path.exists():
+    except OSError as ex:
+        if isinstance(ex, FileExistsError) or path.exists():
             raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
-        part.replace(path)
+        part.replace(path)  # a file system without hard links: checked, then renamed
         return
     part.unlink()
 
