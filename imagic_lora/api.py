@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import collections
 import datetime
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -18,7 +17,7 @@ from .config import ApplyConfig, TrainConfig
 from .errors import ImagicError, IncompatibleProfile, InvalidConfig, ProfileNotSaved
 from .families import family_label
 from .files import check_folder, make_folder, read_text, write_first
-from .images import file_sha256, fit_image, labelled_grid, load_image, save_png, thumbnail, thumbnail_image, to_tensor
+from .images import file_sha256, fit_image, load_image, thumbnail, to_tensor
 from .limits import MAX_PROMPTS
 from .lora import TARGET_MODULES, fused_lora
 from .method import (
@@ -32,12 +31,16 @@ from .method import (
     optimize_embedding,
 )
 from .models import BaseModel, load_model
+from .outputs import OutputNames, write_outputs
 from .profile import FORMAT_VERSION, XL_FORMAT_VERSION, Profile, check_name
 from .store import ProfileStore, user_dir
+from .text import text_lines
+from .validate import PROFILE_SUFFIX
 
 INVERSION_STEPS = ApplyConfig.steps  # the default sampling steps, so that applying uses the stored inversion
 SAMPLE_RTOL = 2e-2
 SAMPLE_ATOL = 1e-3
+T = TypeVar("T")
 
 
 def train(
@@ -109,22 +112,28 @@ def make_profile(
 
 def save_or_rescue(store: ProfileStore, profile: Profile, replace: bool) -> None:
     """Store ``profile``; if the store refuses it, write it to a file and say where."""
+    saved_or_rescued(profile, lambda: store.save(profile, replace=replace))
+
+
+def saved_or_rescued(profile: Profile, save: Callable[[], T]) -> T:
+    """``save()``'s result; if it fails, the profile goes to a rescue file and the error raised says where."""
     try:
-        store.save(profile, replace=replace)
+        return save()
     except Exception as ex:  # a full disk, a locked or read-only store, a name taken meanwhile
-        raise rescued(profile, ex) from ex
+        path = write_rescue_file(profile)
+        if path is None:
+            raise
+        reason = str(ex) if isinstance(ex, ImagicError) else f"{type(ex).__name__}: {ex}"
+        raise ProfileNotSaved(f"profile {profile.name!r} was trained but not stored ({reason}); it is kept in "
+                              f"{path}. Try: imagic-lora profiles import {path}") from ex
 
 
-def rescued(profile: Profile, ex: Exception) -> Exception:
-    """Write ``profile`` to a file after the store refused it; the error to raise says where it is."""
-    reason = str(ex) if isinstance(ex, ImagicError) else f"{type(ex).__name__}: {ex}"
+def write_rescue_file(profile: Profile) -> Path | None:
+    """The profile written whole to ``rescued/NAME-TIME.imagic.safetensors`` beside the store, else in the
+    working or temporary folder; None if no place takes it."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     folders = [user_dir() / "rescued", Path.cwd(), Path(tempfile.gettempdir())]
-    path = write_first(folders, f"{profile.name}-{stamp}.imagic.safetensors", profile.to_bytes())
-    if path is None:
-        return ex
-    return ProfileNotSaved(f"profile {profile.name!r} was trained but not stored ({reason}); it is kept in {path}. "
-                           f"Try: imagic-lora profiles import {path}")
+    return write_first(folders, f"{profile.name}-{stamp}", PROFILE_SUFFIX, profile.to_bytes())
 
 
 def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) -> dict:
@@ -196,6 +205,11 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
             f"profile {profile.name!r} does not fit {base.model_id!r}: it was made for {made_for!r}{kinds}. "
             f"Try: --model {made_for}"
         )
+    if profile.e_opt_pooled is not None and profile.e_opt_pooled.shape[-1] != base.pooled_dim:
+        raise IncompatibleProfile(
+            f"profile {profile.name!r} does not fit {base.model_id!r}: its pooled embedding is "
+            f"{profile.e_opt_pooled.shape[-1]} wide, the model's {base.pooled_dim}. Try: --model {made_for}"
+        )
     sample = base.weight_sample()
     same = sample.shape == profile.base_sample.shape and torch.allclose(
         sample, profile.base_sample, rtol=SAMPLE_RTOL, atol=SAMPLE_ATOL
@@ -253,18 +267,19 @@ def apply_prompts(
     # 2. generate with the adapter fused into the weights, leaving the base model as it was afterwards
     make_folder(out)
     paths = []
-    stems = _unique_stems(profile.name, prompts)
+    names = OutputNames()
     several = len(prompts) > 1
     photo = photo_to_keep(profile, base, config, warn)
     with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
         start = start_latents(profile, base, config, progress, warn)
-        for prompt, stem in tqdm(list(zip(prompts, stems, strict=True)), desc="prompts", unit="prompt",
-                                 disable=not (progress and several), dynamic_ncols=True):
+        for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not (progress and several),
+                           dynamic_ncols=True):
             results = generate(base, profile.condition, prompt, config, profile.metadata["resolution"], progress,
                                start, photo)
             used = {"start": "noise" if start is None else "inversion",
                     "keep": config.keep_threshold if photo is not None else "off"}
-            paths += _write_outputs(profile, prompt, base, config, results, out, stem, used)
+            stem = names.prompt_stem(profile.name, prompt)
+            paths += write_outputs(profile, prompt, base, config, results, out, stem, used, names)
     return paths
 
 
@@ -307,7 +322,7 @@ def start_latents(profile: Profile, base: BaseModel, config: ApplyConfig, progre
 def read_prompts(path: str | Path) -> list[str]:
     """Edit prompts from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
     text = read_text(path, "prompts file", "a text file with one edit prompt per line")
-    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [line.strip() for line in text_lines(text)]
     prompts = [line for line in prompts if line and not line.startswith("#")]
     if not prompts:
         raise InvalidConfig(f"prompts file {path} has no prompts. Try: one edit prompt per line")
@@ -315,51 +330,3 @@ def read_prompts(path: str | Path) -> list[str]:
         raise InvalidConfig(f"prompts file {path} has {len(prompts)} prompts, over the limit of {MAX_PROMPTS}. "
                             "Try: splitting it")
     return prompts
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe form of ``text``: lowercase letters, digits and single dashes."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "edit"
-
-
-def _unique_stems(name: str, prompts: Sequence[str]) -> list[str]:
-    """One file-name stem per prompt; prompts with the same slug get ``-2``, ``-3``... so none overwrites another."""
-    stems, seen = [], collections.Counter()
-    for prompt in prompts:
-        stem = f"{name}_{slug(prompt)}"
-        seen[stem] += 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return stems
-
-
-def _write_outputs(profile, prompt, base, config, results, out: Path, stem: str, used: dict) -> list[Path]:
-    paths = []
-    for alpha, seed, image in results:
-        path = out / f"{stem}_a{alpha:.2f}_s{seed}.png"
-        save_png(image, path, _parameters(profile, prompt, base, config, alpha, seed, used))
-        paths.append(path)
-    if config.grid and len(results) > 1:
-        path = out / f"{stem}_grid.png"
-        size = results[0][2].width
-        source = thumbnail_image(profile.thumbnail)
-        tiles: list[tuple[str, Image.Image]] = []
-        for alpha in config.alphas:
-            tiles.append(("input", source))
-            tiles += [(f"alpha {a:.2f}  seed {s}", im) for a, s, im in results if a == alpha]
-        save_png(labelled_grid(tiles, len(config.seed_list) + 1, max(size, 128)), path,
-                 _parameters(profile, prompt, base, config, None, None, used))
-        paths.append(path)
-    return paths
-
-
-def _parameters(profile, prompt, base, config, alpha, seed, used: dict) -> dict:
-    return {
-        "profile": profile.name, "prompt": prompt, "source_prompt": profile.metadata["source_prompt"],
-        "alpha": alpha if alpha is not None else list(config.alphas),
-        "seed": seed if seed is not None else config.seed_list,
-        "steps": config.steps, "guidance": config.guidance, "negative_prompt": config.negative_prompt,
-        "size": profile.metadata["resolution"], "model": base.model_id,
-        "model_hash": profile.metadata["base_fingerprint"].split("-")[-1][:10],
-        "scheduler": type(base.pipe.scheduler).__name__, **used,
-        "generator": f"imagic-lora {__version__}",
-    }

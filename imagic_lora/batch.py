@@ -9,20 +9,21 @@ crash finishes only what is missing; a failing row is reported and the batch goe
 from __future__ import annotations
 
 import csv
-import io
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .errors import ImagicError, InvalidConfig, OutputError
+from .errors import ImagicError, InvalidConfig, ModelLoadError, OutputError, ReportedElsewhere
 from .files import read_text
 from .limits import MAX_BATCH_ROWS
+from .text import text_lines
+from .validate import PROFILE_SUFFIX
 
 COLUMNS = ("name", "image", "prompt")
-PROFILE_SUFFIX = ".imagic.safetensors"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
 
@@ -96,7 +97,7 @@ def _read_text(path: Path) -> str:
 
 def _csv_rows(text: str, path: Path) -> list[BatchRow]:
     try:
-        records = list(csv.reader(io.StringIO(text, newline="")))
+        records = list(csv.reader(line + "\n" for line in text_lines(text)))
     except csv.Error as ex:
         raise InvalidConfig(f"batch file {path} is not valid CSV ({ex}). "
                             "Try: quoting fields that hold commas") from None
@@ -126,7 +127,7 @@ def _check_columns(columns: list[str], path: Path) -> None:
 
 def _jsonl_rows(text: str, path: Path) -> list[BatchRow]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -190,8 +191,17 @@ class StoreTarget:
         return f"stored in {self.store.path}"
 
 
+class UnreadableExisting(ImagicError):
+    """A file stands where a row's profile file goes, and it is not a profile this version can read."""
+
+
 class FolderTarget:
-    """One profile file per row, written atomically (temp file + rename): for shared file systems."""
+    """One profile file per row, written atomically (temp file + rename): for shared file systems.
+
+    What it may replace: a readable profile file of the same name, only with ``--replace`` (or when it
+    records the same image and settings, which skips the row); any other file there (unreadable, of a
+    newer format, not a profile) only with ``--replace``. A profile it cannot write is rescued.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -200,24 +210,30 @@ class FolderTarget:
         return self.folder / f"{name}{PROFILE_SUFFIX}"
 
     def existing_metadata(self, name: str) -> dict | None:
+        """The metadata of the file already there, None if there is none; :class:`UnreadableExisting` if
+        something is there that is not a readable profile."""
         from .store import read_profile_file
 
-        if not self.path(name).exists():
+        path = self.path(name)
+        if not path.exists() and not path.is_symlink():
             return None
         try:
-            return read_profile_file(self.path(name)).metadata
-        except ImagicError:
-            return {}  # unreadable: never equal to a finished profile, so it is trained again
+            return read_profile_file(path).metadata
+        except ImagicError as ex:
+            raise UnreadableExisting(f"{path} exists and is not a profile this version can read ({ex})") from None
 
     def save(self, profile, replace: bool) -> str:
-        """Write the profile's file; without ``replace``, a file made meanwhile stays and the profile is rescued."""
-        from .api import rescued
+        """Write the profile's file; without ``replace``, a file made meanwhile stays. Rescued if not written."""
+        from .api import saved_or_rescued
         from .files import atomic_write
 
-        try:
-            return f"written to {atomic_write(self.path(profile.name), profile.to_bytes(), replace)}"
-        except FileExistsError as ex:
-            raise rescued(profile, OutputError(f"{ex.filename} appeared while training; it was left alone")) from None
+        def write() -> str:
+            try:
+                return f"written to {atomic_write(self.path(profile.name), profile.to_bytes(), replace)}"
+            except FileExistsError as ex:
+                raise OutputError(f"{ex.filename} appeared while training; it was left alone") from None
+
+        return saved_or_rescued(profile, write)
 
 
 # --- running it -------------------------------------------------------------------------------------------
@@ -247,14 +263,19 @@ class BatchJob:
 
 
 def run_rows(rows: list[BatchRow], job: BatchJob, target, base=None) -> list[RowResult]:
-    """Train ``rows`` in order with one model (loaded on the first row that needs it); never raises for a row."""
+    """Train ``rows`` in order with one model, loaded (or refused, raising) before the first row; never raises
+    for a row."""
     from tqdm.auto import tqdm
 
+    from .models import load_model
+
+    if base is None and rows:
+        base = load_model(job.model, job.device, job.dtype)
     results = []
     for row in tqdm(rows, desc=job.description, unit="row", disable=not job.progress, dynamic_ncols=True):
         start = time.perf_counter()
         try:
-            status, reason, base = _run_row(row, job, target, base)
+            status, reason = _run_row(row, job, target, base)
         except ImagicError as ex:
             status, reason = FAILED, str(ex)
         except Exception as ex:  # one row's unexpected failure (out of memory, a broken file) stops only that row
@@ -273,33 +294,62 @@ def _row_line(row: BatchRow, result: RowResult) -> str:
     return f"Done: {row.label} in {result.seconds:.1f} s, {result.reason}"
 
 
-def _run_row(row: BatchRow, job: BatchJob, target, base):
-    """(status, reason, base): the row trained and saved, or skipped as already done."""
+def _run_row(row: BatchRow, job: BatchJob, target, base) -> tuple[str, str]:
+    """(status, reason): the row trained and saved, or skipped as already done."""
     from .api import make_profile, training_settings
     from .images import file_sha256, load_image
-    from .models import load_model
 
     if row.problem:
-        return FAILED, row.problem, base
+        return FAILED, row.problem
     warnings: list[str] = []
-    picture = load_image(row.image, warnings.append)  # a bad image fails its row before the model loads
+    picture = load_image(row.image, warnings.append)
     image_sha256 = file_sha256(row.image)
-    if base is None:
-        base = load_model(job.model, job.device, job.dtype)
-    existing = target.existing_metadata(row.name)
-    if existing is not None:
+    try:
+        existing = target.existing_metadata(row.name)
+    except UnreadableExisting as ex:
+        if not job.replace:
+            return FAILED, f"{ex}; it was left alone. Try: --replace to overwrite it, or moving it away"
+        existing = {}
+    if existing:
         expected = training_settings(base, base.fingerprint(), job.config)
         if same_training(existing, expected, image_sha256):
-            return SKIPPED, "already trained from this image with these settings", base
-        if not job.replace and existing:
+            return SKIPPED, "already trained from this image with these settings"
+        if not job.replace:
             return FAILED, (f"profile {row.name!r} exists, made from another image or with other settings. "
-                            "Try: --replace, or another name"), base
+                            "Try: --replace, or another name")
     profile = make_profile(row.name, picture, image_sha256, row.prompt, base, job.config,
                            progress=job.progress and job.row_progress, warn=warnings.append)
     where = target.save(profile, replace=existing is not None)
     for warning in warnings:
         job.report(f"Warning: {row.label}: {warning}")
-    return DONE, where, base
+    return DONE, where
+
+
+def secondary_process() -> bool:
+    """Whether this is a process other than the first of a multi-process launch (torchrun sets ``RANK``)."""
+    return os.environ.get("RANK", "0").strip() not in ("", "0")
+
+
+def _model_for_every_process(rows: list[BatchRow], job: BatchJob, state):
+    """The model, loaded before the first row; if any process cannot load it, the main process says why,
+    once, and every process stops."""
+    from .models import load_model
+
+    base, problem = None, None
+    if rows:
+        try:
+            base = load_model(job.model, job.device, job.dtype)
+        except ImagicError as ex:
+            problem = str(ex)
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        problem = next((p for p in gather_object([problem]) if p), None)
+    if problem and not state.is_main_process:
+        raise ReportedElsewhere(problem)
+    if problem:
+        raise ModelLoadError(problem)
+    return base
 
 
 def run_batch(rows: list[BatchRow], job: BatchJob, target) -> tuple[BatchSummary, bool]:
@@ -319,7 +369,9 @@ def run_batch(rows: list[BatchRow], job: BatchJob, target) -> tuple[BatchSummary
         job.description = f"batch, process {state.process_index + 1}/{state.num_processes}"
         job.row_progress = False  # stage bars of several processes would overwrite each other
     with state.split_between_processes(rows) as mine:
-        results = run_rows(list(mine), job, target)
+        mine = list(mine)
+    base = _model_for_every_process(mine, job, state)
+    results = run_rows(mine, job, target, base)
     if state.num_processes > 1:
         results = gather_object(results)
     results = sorted({r.number: r for r in results}.values(), key=lambda r: r.number)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -14,9 +15,10 @@ import click
 
 from .config import FITS, OPTIMIZERS, STARTS, ApplyConfig, TrainConfig
 from .crash import crash_message
-from .errors import ImagicError
+from .errors import ImagicError, ReportedElsewhere
 from .families import BENCH_FAMILIES
-from .store import ProfileStore, read_profile_file, stored_metadata
+from .store import ProfileStore, read_profile_file, store_path, stored_metadata
+from .text import escape_controls
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 LORA_FORMATS = ("diffusers", "kohya")  # imagic_lora.interop.LORA_FORMATS, without importing diffusers here
@@ -33,6 +35,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub.*")  # its deprecations
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
@@ -46,9 +49,11 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except ReportedElsewhere:
+            raise click.exceptions.Exit(1) from None
         except ImagicError as ex:
             raise click.ClickException(str(ex)) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):  # click ends a broken pipe
             raise
         except Exception as ex:  # the last line of defence: no traceback reaches the user
             raise click.ClickException(crash_message(ex)) from None
@@ -71,7 +76,33 @@ def model_options(func):
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def echo(text: object, err: bool = False) -> None:
+    """One line of text that may hold outside text (names, prompts, paths), escaped for the terminal."""
+    click.echo(escape_controls(text), err=err)
+
+
+@contextlib.contextmanager
+def _escaped_errors():
+    try:
+        yield
+    except click.ClickException as ex:  # ours and click's own (a file name in a usage error)
+        ex.message = escape_controls(ex.message)
+        raise
+
+
+class EscapingGroup(click.Group):
+    """Every ``Error:`` line, click's usage errors included, goes out with outside text escaped."""
+
+    def make_context(self, *args, **kwargs):
+        with _escaped_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _escaped_errors():
+            return super().invoke(ctx)
+
+
+@click.group(cls=EscapingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imagic-lora")
 def cli() -> None:
     """Edit real photos from one sentence with Imagic + LoRA, keeping each image's edit profile."""
@@ -127,7 +158,7 @@ def train(name, image, prompt, model, replace, device, dtype, **settings) -> Non
     profile = train_profile(name, image, prompt, model=model, config=TrainConfig(**settings),
                             device=device, dtype=dtype, replace=replace, warn=_warn)
     losses = profile.metadata["losses"]
-    click.echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses['embedding'])}, "
+    echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses['embedding'])}, "
                f"LoRA loss {_fmt(losses['lora'])}). Try: imagic-lora apply profile {profile.name} \"...\"")
 
 
@@ -149,22 +180,23 @@ def train_batch(batch_file, out_dir, replace, model, device, dtype, **settings) 
     """
     from pathlib import Path
 
-    from .batch import BatchJob, FolderTarget, StoreTarget, read_batch, run_batch
+    from .batch import BatchJob, FolderTarget, StoreTarget, read_batch, run_batch, secondary_process
+    from .files import check_folder
 
-    config = TrainConfig(**settings)
-    rows = read_batch(batch_file)
-    if out_dir:
-        from .files import check_folder
-
-        target = FolderTarget(check_folder(out_dir, "--out-dir"))
-    else:
-        target = StoreTarget(ProfileStore())
-    report = lambda line: _tqdm_echo(shown(line))
+    try:  # the same check fails in every process of a launch: the first one says so
+        config = TrainConfig(**settings)
+        rows = read_batch(batch_file)
+        target = FolderTarget(check_folder(out_dir, "--out-dir")) if out_dir else StoreTarget(ProfileStore())
+    except ImagicError as ex:
+        if secondary_process():
+            raise ReportedElsewhere(str(ex)) from None
+        raise
+    report = _tqdm_echo
     job = BatchJob(model, config, device=device, dtype=dtype, replace=replace, report=report)
     summary, main_process = run_batch(rows, job, target)
     if not main_process:  # the main process reports the whole batch, and its exit code says if a row failed
         return
-    click.echo(f"Batch {Path(batch_file).name}: {summary.line()}")
+    echo(f"Batch {Path(batch_file).name}: {summary.line()}")
     if summary.failed:
         numbers = ", ".join(str(r.number) for r in summary.failed[:10]) + (" ..." if len(summary.failed) > 10 else "")
         rows = "row" if len(summary.failed) == 1 else "rows"
@@ -173,15 +205,36 @@ def train_batch(batch_file, out_dir, replace, model, device, dtype, **settings) 
                                    "finished rows are skipped")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def launch(args) -> None:
+    """Run train-batch on several processes or machines: accelerate launch's options, then the command.
+
+    \b
+    imagic-lora launch --multi_gpu --num_processes 4 train-batch photos.csv
+    imagic-lora launch --multi_gpu --num_machines 2 --machine_rank R --main_process_ip HOST \\
+        --num_processes 8 train-batch photos.csv --out-dir /shared/profiles
+
+    The same as `accelerate launch ... -m imagic_lora.cli train-batch ...`, except that a failed row
+    ends with the batch's own Error line and exit code 1, not with accelerate's traceback.
+    """
+    from .launch import launch as run_launch
+
+    code = run_launch(args)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
 def _tqdm_echo(line: str) -> None:
     """A line on stderr that does not break the progress bars."""
     from tqdm.auto import tqdm
 
-    tqdm.write(line, file=sys.stderr)
+    tqdm.write(escape_controls(line), file=sys.stderr)
 
 
 def _warn(message: str) -> None:
-    click.echo(f"Warning: {message}", err=True)
+    echo(f"Warning: {message}", err=True)
 
 
 def _fmt(value) -> str:
@@ -239,7 +292,7 @@ def _run_apply(profile, prompt, prompts_file, out, model, device, dtype, force, 
     paths = apply_prompts(profile, prompts, out_dir=out, model=model, config=config, device=device,
                           dtype=dtype, force=force, warn=_warn)
     for path in paths:
-        click.echo(str(path))
+        echo(path)
 
 
 @cli.group()
@@ -292,21 +345,13 @@ def profiles_list(as_json) -> None:
     lines = []
     for row in rows:
         size = f"{row['size_bytes'] / 1024:.0f} KiB" if isinstance(row["size_bytes"], int) else "? KiB"
-        lines.append(shown(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
+        lines.append(escape_controls(f"{row['name']}: \"{row['source_prompt']}\"  {row['base_model']}  "
                            f"{row['resolution']}px  {size}  {row['created_at']}"))
     if lines:
         click.echo("\n".join(lines))
 
 
 LISTED = ("name", "source_prompt", "base_model", "resolution", "size_bytes", "created_at")
-
-
-def shown(text) -> str:
-    """``text`` safe for a terminal: control and format characters (escape sequences, bidi overrides) escaped."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 @profiles.command(name="show")
@@ -322,7 +367,7 @@ def profiles_show(name, as_json) -> None:
     meta = info.pop("metadata")
     for key, value in {**info, **meta}.items():
         if key not in ("format_version",) or value is not None:
-            click.echo(shown(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"))
+            echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
 @profiles.command(name="rm")
@@ -331,7 +376,7 @@ def profiles_show(name, as_json) -> None:
 def profiles_rm(name) -> None:
     """Delete a profile."""
     ProfileStore().remove(name)
-    click.echo(f"Removed profile {name!r}")
+    echo(f"Removed profile {name!r}")
 
 
 @profiles.command(name="rename")
@@ -341,13 +386,14 @@ def profiles_rm(name) -> None:
 def profiles_rename(old, new) -> None:
     """Rename profile OLD to NEW."""
     ProfileStore().rename(old, new)
-    click.echo(f"Renamed profile {old!r} to {new!r}")
+    echo(f"Renamed profile {old!r} to {new!r}")
 
 
 @profiles.command(name="path")
+@user_errors
 def profiles_path() -> None:
-    """Print where the profile database lives."""
-    click.echo(str(ProfileStore().path))
+    """Print where the profile database lives (without opening it, so a damaged store can be found)."""
+    echo(store_path())
 
 
 @profiles.command(name="export")
@@ -365,9 +411,9 @@ def profiles_export(name, path, lora_only, lora_format) -> None:
     if lora_only or lora_format:
         from .interop import export_lora
 
-        click.echo(str(export_lora(store.get(name), path, lora_format or "diffusers")))
+        echo(str(export_lora(store.get(name), path, lora_format or "diffusers")))
         return
-    click.echo(str(store.export(name, path)))
+    echo(store.export(name, path))
 
 
 @profiles.command(name="import")
@@ -381,13 +427,13 @@ def profiles_import(path, name, replace) -> None:
 
     if not Path(path).is_dir():
         profile = ProfileStore().import_file(path, name=name, replace=replace)
-        click.echo(f"Imported profile {profile.name!r}")
+        echo(f"Imported profile {profile.name!r}")
         return
     if name is not None:
         raise click.ClickException("--name renames one file, not a folder. Try: importing that file alone")
     outcomes = ProfileStore().import_folder(path, replace=replace)
     for file, status, detail in outcomes:
-        click.echo(shown(f"{status.capitalize()}: {file.name}: {detail}"), err=status == "refused")
+        echo(f"{status.capitalize()}: {file.name}: {detail}", err=status == "refused")
     counts = {s: sum(o[1] == s for o in outcomes) for s in ("imported", "skipped", "refused")}
     click.echo(f"{len(outcomes)} files: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if counts["refused"]:
@@ -400,7 +446,7 @@ def profiles_verify() -> None:
     """Check the database's integrity and every profile's checksum."""
     count, problems = ProfileStore().verify()
     for problem in problems:
-        click.echo(f"Problem: {problem}", err=True)
+        echo(f"Problem: {problem}", err=True)
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in {ProfileStore().path}. "
                                    "Try: imagic-lora profiles backup to save what is readable")
@@ -413,7 +459,7 @@ def profiles_verify() -> None:
 @user_errors
 def profiles_backup(path, replace) -> None:
     """Copy the whole store to PATH, consistently, even while it is in use."""
-    click.echo(str(ProfileStore().backup(path, replace=replace)))
+    echo(str(ProfileStore().backup(path, replace=replace)))
 
 
 @cli.group()

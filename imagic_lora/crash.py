@@ -34,7 +34,7 @@ def write_log(ex: BaseException) -> Path | None:
         "",
         "".join(traceback.format_exception(type(ex), ex, ex.__traceback__)),
     ])
-    return write_first(_log_folders(), f"crash-{stamp}-{os.getpid()}.log", text.encode("utf-8"))
+    return write_first(_log_folders(), f"crash-{stamp}-{os.getpid()}", ".log", text.encode("utf-8"))
 
 
 def crash_message(ex: BaseException) -> str:

@@ -51,3 +51,7 @@ class OutputError(ImagicError):
 
 class StoreError(ImagicError):
     """The profile store cannot be opened, read or written: damaged, read-only, busy, full or newer."""
+
+
+class ReportedElsewhere(ImagicError):
+    """This process of a multi-process run fails for a reason the main process reports: exit 1, say nothing."""

@@ -18,6 +18,7 @@ from .errors import InvalidConfig, OutputError
 from .limits import MAX_TEXT_FILE_BYTES
 
 PART = ".part"
+MAX_NAME_TRIES = 100
 
 
 def _hint(ex: OSError) -> str:
@@ -32,18 +33,22 @@ def write_error(path: Path, ex: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {ex.strerror or ex}. {_hint(ex)}")
 
 
-def write_first(folders: list[Path], name: str, data: bytes) -> Path | None:
-    """Write ``data`` as ``name`` into the first of ``folders`` that takes it (made if needed); None if none does.
+def write_first(folders: list[Path], stem: str, suffix: str, data: bytes) -> Path | None:
+    """Write ``data`` as ``stem + suffix`` into the first of ``folders`` that takes it (made if needed), or None.
 
     For last-resort files (crash logs, a trained profile the store refused), where any place beats none.
+    Each write is atomic, so a full disk leaves no empty or partial file; an existing file of that name is
+    never replaced: the new one is called ``STEM-2``, ``STEM-3``… instead.
     """
     for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-        except OSError:
-            continue
-        return folder / name
+        for number in range(1, MAX_NAME_TRIES + 1):
+            path = folder / (f"{stem}{suffix}" if number == 1 else f"{stem}-{number}{suffix}")
+            try:
+                return atomic_write(path, data, replace=False)
+            except FileExistsError:
+                continue
+            except OutputError:
+                break
     return None
 
 

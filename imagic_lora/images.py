@@ -20,6 +20,7 @@ FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: the multi-picture JPEG many pho
 THUMBNAIL_SIZE = 64
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 32
+HASH_CHUNK_BYTES = 1 << 20
 Warn = Callable[[str], None]
 
 
@@ -101,7 +102,12 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The file's SHA-256, read in chunks: memory stays bounded whatever the file's size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def thumbnail(image: Image.Image) -> torch.Tensor:

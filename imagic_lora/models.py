@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def default_model() -> str:
@@ -192,6 +194,55 @@ def _pretrained_loader(source: str | Path, torch_dtype: torch.dtype, what: str, 
     return load
 
 
+def _hub_loader(model_id: str, torch_dtype: torch.dtype, what: str):
+    """A hub id: from the local cache if it is there, else from the hub, which is asked once and only when
+    it can be reached (huggingface_hub retries an unreachable hub for minutes)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        raise ModelLoadError(f"model {model_id!r} is neither a hub id (owner/name), a local folder nor a "
+                             f"checkpoint file. Try: --model {TINY_MODEL} to try the tool offline") from None
+    cached, online = (_pretrained_loader(model_id, torch_dtype, what, local=local) for local in (True, False))
+
+    def load() -> Pipeline:
+        try:
+            return cached()
+        except ModelLoadError:  # in the cache, and not a model imagic-lora edits with
+            raise
+        except Exception:  # not in the cache, or not all of it
+            pass
+        unreachable = hub_unreachable()
+        if unreachable:
+            raise ModelLoadError(f"{model_id!r} is not in the local model cache and {unreachable}. Try: a local "
+                                 f"diffusers folder or .safetensors file, or --model {TINY_MODEL} offline")
+        return online()
+    return load
+
+
+def hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be asked (offline mode, no route, no name resolution), or None if it answers.
+
+    A proxy, when set, is trusted to reach it.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "the hub is switched off (HF_HUB_OFFLINE)"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    except OSError as ex:
+        return f"the hub ({url.hostname}) cannot be reached: {ex.strerror or type(ex).__name__}"
+    return None
+
+
 def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> Pipeline:
     if model_id in BUILTIN_MODELS:
         pipe = BUILTIN_MODELS[model_id]()
@@ -217,7 +268,7 @@ def _load_pipeline(model_id: str, torch_dtype: torch.dtype) -> Pipeline:
         what, hint = f"{model_id!r} from the Hugging Face hub or its cache", (
             "a hub id already in the cache, a local diffusers folder or a .safetensors checkpoint"
         )
-        loader = _pretrained_loader(model_id, torch_dtype, what, local=False)
+        loader = _hub_loader(model_id, torch_dtype, what)
     try:
         pipe = loader()
     except ModelLoadError:

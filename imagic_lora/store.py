@@ -21,11 +21,11 @@ import click
 
 from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound, StoreError
 from .files import atomic_write, check_file
-from .validate import MAX_FILE_BYTES, check_name, parse_json, read_header, with_name
+from .validate import MAX_FILE_BYTES, PROFILE_SUFFIX, check_name, parse_json, read_header, with_name
 
 if TYPE_CHECKING:
     from .profile import Profile
-from .storedb import DATA_TABLE, TABLE, mapped_errors, newer_error, open_database, read_only_error
+from .storedb import DATA_TABLE, TABLE, mapped_errors, newer_error, open_database
 
 USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
 SUMMARY_COLUMNS = (
@@ -36,6 +36,11 @@ SUMMARY_COLUMNS = (
 def user_dir() -> Path:
     """Where imagic-lora keeps its data: ``$IMAGIC_LORA_USER_PATH`` or the platform's app dir."""
     return Path(os.environ.get(USER_PATH_ENV) or click.get_app_dir("imagic-lora"))
+
+
+def store_path() -> Path:
+    """The default store's database file."""
+    return user_dir() / "profiles.db"
 
 
 def _row(name: str, meta: dict, data: bytes) -> dict:
@@ -73,9 +78,10 @@ class ProfileStore:
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path else user_dir() / "profiles.db"
+        self.path = Path(path) if path else store_path()
         opened = open_database(self.path)
         self.conn, self.read_only, self.newer = opened.conn, opened.read_only, opened.newer
+        self._opened = opened
         self.data_table = opened.data_table
 
     @contextlib.contextmanager
@@ -85,7 +91,7 @@ class ProfileStore:
         SQLite may already have rolled back (a full disk): then the original error is the one raised.
         """
         if self.read_only:
-            raise read_only_error(self.path)
+            raise self._opened.write_refusal(self.path)
         if self.newer:
             raise newer_error(self.path, self.newer)
         with mapped_errors(self.path):
@@ -199,7 +205,7 @@ class ProfileStore:
         """Write the profile's shareable file to ``path``."""
         self.check_not_store(path)
         data = self.get_bytes(name)
-        return atomic_write(check_file(path, f"{name}.imagic.safetensors"), data)
+        return atomic_write(check_file(path, f"{name}{PROFILE_SUFFIX}"), data)
 
     @_guarded
     def verify(self) -> tuple[int, list[str]]:
@@ -257,9 +263,11 @@ class ProfileStore:
         if not paths:
             raise InvalidConfig(f"{folder} holds no .safetensors files. Try: the folder given to "
                                 "train-batch --out-dir")
-        return [(path, *self._import_one(path, replace)) for path in paths]
+        imported: dict[str, Path] = {}  # name -> the file of this folder it came from
+        return [(path, *self._import_one(path, replace, imported)) for path in paths]
 
-    def _import_one(self, path: Path, replace: bool) -> tuple[str, str]:
+    def _import_one(self, path: Path, replace: bool, imported: dict[str, Path]) -> tuple[str, str]:
+        """One file of a folder; ``--replace`` replaces what was stored before, never a file of the same folder."""
         try:
             profile = read_profile_file(path)
             if self.exists(profile.name):
@@ -268,12 +276,17 @@ class ProfileStore:
                 stored = read_header(self.get_bytes(profile.name), f"stored profile {profile.name!r}")
                 if stored == read_header(profile.to_bytes(), str(path)):
                     return "skipped", f"profile {profile.name!r} is stored already, identical"
+                if profile.name in imported:
+                    return "refused", (f"profile {profile.name!r} was imported from {imported[profile.name].name} "
+                                       "just before, with other contents. Try: importing this file alone with "
+                                       "--name NEW")
                 if not replace:
                     return "refused", (f"profile {profile.name!r} exists with other contents. "
                                        "Try: --replace, or importing this file alone with --name NEW")
             self.save(profile, replace=replace)
         except ImagicError as ex:
             return "refused", str(ex)
+        imported[profile.name] = path
         return "imported", f"profile {profile.name!r}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 BUSY_TIMEOUT_S = 60.0
+FULL_BELOW_BYTES = 1 << 20
 TABLE = "profiles"
 DATA_TABLE = "profile_data"
 MOVE_AWAY = "Try: imagic-lora profiles backup FILE to save what is readable, then move it away (a new store is made)"
@@ -83,13 +85,17 @@ def sqlite_error(path: Path, ex: sqlite3.Error) -> StoreError:
     if "readonly" in text or "read-only" in text:
         return read_only_error(path)
     if "full" in text:
-        return StoreError(f"no space left to write the profile store {path}; nothing was changed. "
-                          "Try: free some disk space")
+        return full_error(path)
     if "no such table" in text or "no such column" in text:
         return StoreError(f"the profile store {path} lacks part of its schema ({text}). {MOVE_AWAY}")
     if isinstance(ex, sqlite3.OperationalError) and "unable to open" not in text:
         return StoreError(f"the profile store {path} failed: {text}. Try: imagic-lora profiles verify")
     return StoreError(f"the profile store {path} is damaged or not a database ({text}). {MOVE_AWAY}")
+
+
+def full_error(path: Path) -> StoreError:
+    return StoreError(f"no space left to write the profile store {path}; nothing was changed. "
+                      "Try: free some disk space")
 
 
 def read_only_error(path: Path) -> StoreError:
@@ -111,6 +117,11 @@ class Opened:
     read_only: bool
     newer: list[str] = field(default_factory=list)  # migrations applied by a newer imagic-lora
     data_table: str = DATA_TABLE  # where the tensors are: TABLE itself in a store not yet at m002
+    full: bool = False  # read-only because its disk is full, not because of permissions
+
+    def write_refusal(self, path: Path) -> StoreError:
+        """Why this store, opened read-only, takes no change."""
+        return full_error(path) if self.full else read_only_error(path)
 
 
 def open_database(path: Path) -> Opened:
@@ -156,9 +167,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def lenient_text(data: bytes) -> str:
+    """A TEXT value as a string even when it is not UTF-8 (a damaged or hand-edited row): U+FFFD for what
+    does not decode, so the command that reads it can name the row instead of failing on it."""
+    return data.decode("utf-8", errors="replace")
+
+
 def _connect(path: Path) -> Opened:
     """WAL mode with a busy timeout, the driver in autocommit (writes BEGIN explicitly)."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.text_factory = lenient_text
     try:
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             conn.execute("PRAGMA journal_mode=WAL")
@@ -167,8 +185,20 @@ def _connect(path: Path) -> Opened:
         conn.close()
         if "readonly" in str(ex) or "unable to open" in str(ex):
             return _connect_read_only(path)
+        if ("disk I/O" in str(ex) or "full" in str(ex)) and disk_full(path):  # no room for the WAL index
+            opened = _connect_read_only(path)
+            opened.full = True
+            return opened
         raise
     return Opened(conn, read_only=False)
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no room left."""
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def _connect_read_only(path: Path) -> Opened:
@@ -176,6 +206,7 @@ def _connect_read_only(path: Path) -> Opened:
     for flags in ("mode=ro", "mode=ro&immutable=1"):
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, timeout=BUSY_TIMEOUT_S,
                                isolation_level=None)
+        conn.text_factory = lenient_text
         try:
             conn.execute("select count(*) from sqlite_master").fetchone()
         except sqlite3.OperationalError:

@@ -14,6 +14,7 @@ from .errors import InvalidProfileFile, InvalidProfileName
 from .limits import MAX_JSON_DEPTH
 
 FORMAT = "imagic-lora-profile"
+PROFILE_SUFFIX = ".imagic.safetensors"  # what a shared profile file is called: NAME.imagic.safetensors
 FORMAT_VERSION = 2  # 2 adds the image latents and their DDIM inversion; version 1 files are still read
 XL_FORMAT_VERSION = 3  # 3 is 2 plus SDXL's pooled embeddings; only SDXL profiles are written as 3
 READABLE_VERSIONS = ("1", "2", "3")

@@ -76,9 +76,8 @@ def test_train_errors(store_with_ball, image_path, tmp_path):
          f"Error: {text} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
          "Try: convert it to .safetensors first"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", "nobody/no-such-model"],
-         "Error: could not load 'nobody/no-such-model' from the Hugging Face hub or its cache: Cannot load model "
-         "nobody/no-such-model: the model is not fully cached locally. Try: a hub id already in the cache, a local "
-         "diffusers folder or a .safetensors checkpoint; or --model builtin:tiny to try the tool offline"),
+         "Error: 'nobody/no-such-model' is not in the local model cache and the hub is switched off "
+         "(HF_HUB_OFFLINE). Try: a local diffusers folder or .safetensors file, or --model builtin:tiny offline"),
         (["train", "new", image_path, "--prompt", PROMPT, "--model", empty_dir],
          f"Error: {empty_dir} is not a diffusers folder (no model_index.json). "
          "Try: a folder written by save_pretrained or downloaded from the hub"),
