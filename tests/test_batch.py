@@ -258,13 +258,22 @@ def test_apply_needs_a_prompt_or_a_prompts_file(tmp_path, trained):
 
 # --- several processes with accelerate ---------------------------------------------------------------------------
 
+LAUNCH_OPTIONS = ("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no")
+
+
 def accelerate(*args, env, **popen):
     """``accelerate launch`` with 2 processes: on a machine without CUDA they run on the CPU over gloo."""
-    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", *LAUNCH_OPTIONS,
                "-m", "imagic_lora.cli", "train-batch", *map(str, args)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **popen)
+
+
+def launch(*args, env):
+    """The documented ``imagic-lora launch``, the same launcher run inside imagic-lora."""
+    command = [sys.executable, "-m", "imagic_lora.cli", "launch", *LAUNCH_OPTIONS, "train-batch", *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -296,7 +305,12 @@ def _rows_in_store(db: Path) -> list[str]:
 
 def test_two_processes_train_each_row_once_and_report_the_bad_one(tmp_path, launch_env, isolated_user_dir):
     batch = make_photos(tmp_path / "photos")
-    out, err = accelerate(batch, *FAST, env=launch_env).communicate(timeout=600)
+    finished = launch(batch, *FAST, env=launch_env)
+    out, err = finished.stdout, finished.stderr
+    assert finished.returncode == 1 and "Traceback" not in err and "ChildFailedError" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == [
+        "Error: 1 of 6 rows failed (row 4; reasons above). Try: fixing them and running the same command again: "
+        "finished rows are skipped"]
     assert "6 rows on 2 processes: 5 done, 0 skipped, 1 failed" in out, err
     assert stored_names() == NAMES
     done = [line for line in err.splitlines() if line.startswith("Done: ")]
@@ -304,6 +318,17 @@ def test_two_processes_train_each_row_once_and_report_the_bad_one(tmp_path, laun
     failures = [line for line in err.splitlines() if line.startswith("Failed:")]
     assert len(failures) == 1 and failures[0].startswith("Failed: row 4 (broken): cannot read image")
     assert "Error: 1 of 6 rows failed (row 4;" in err
+
+
+def test_a_bad_batch_file_or_model_under_launch_is_one_error_line(tmp_path, launch_env):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nam,image\n")
+    batch = make_photos(tmp_path / "photos")
+    for args, expected in (([bad], "Error: batch file "), ([batch, "--model", "nobody/nothing"], "Error: 'nobody/")):
+        finished = launch(*args, env={**launch_env, "HF_HUB_OFFLINE": "1"})
+        errors = [line for line in finished.stderr.splitlines() if line.startswith("Error:")]
+        assert finished.returncode == 1 and len(errors) == 1 and errors[0].startswith(expected), finished.stderr
+        assert "Traceback" not in finished.stderr and "Failed: row" not in finished.stderr
 
 
 def test_a_killed_batch_finishes_on_rerun_without_retraining(tmp_path, launch_env, isolated_user_dir):

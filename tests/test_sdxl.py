@@ -127,3 +127,16 @@ def test_sdxl_vae_encodes_in_fp32_when_the_weights_are_fp16(image_path):
     latents32 = encode_image(base32, pixels_in)
     # fp16 weights, fp32 arithmetic: only the weights' rounding separates the two
     assert torch.allclose(latents16, latents32, atol=2e-2), (latents16 - latents32).abs().max()
+
+
+def test_a_pooled_embedding_of_another_width_is_refused_before_sampling(xl_bytes, tmp_path):
+    """A well-formed version 3 file whose pooled tensors are [1, 7] names the width, not a matmul error."""
+    narrow = torch.zeros(1, 7)
+    path = tmp_path / "narrow.imagic.safetensors"
+    path.write_bytes(rewrite(xl_bytes, tensors={"e_opt_pooled": narrow, "source_pooled": narrow.half()}))
+    result = run("apply", "file", path, "a blue ball", "--out", tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert error_line(result) == ("Error: profile 'xl' does not fit 'builtin:tiny-xl': its pooled embedding is 7 "
+                                  "wide, the model's 32. Try: --model builtin:tiny-xl")
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "user").glob("logs/*"))  # no crash log: a bad input, not a bug
