@@ -243,9 +243,10 @@ def apply_prompts(
     profile: Profile, prompts: Sequence[str], *, out_dir: str | Path = ".", model: str | BaseModel | None = None,
     config: ApplyConfig | None = None, device: str | None = None, dtype: str | None = None,
     force: bool = False, progress: bool = True, warn: Callable[[str], None] | None = None,
+    written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Edit with ``profile`` toward each of ``prompts`` with one model load; each prompt's PNGs are written
-    as soon as they are made. Returns every path written."""
+    as soon as they are made (and passed to ``written``, so a later failure loses no path). Returns them all."""
     # 1. check inputs and the base model
     config = config or ApplyConfig()
     if not prompts:
@@ -279,7 +280,11 @@ def apply_prompts(
             used = {"start": "noise" if start is None else "inversion",
                     "keep": config.keep_threshold if photo is not None else "off"}
             stem = names.prompt_stem(profile.name, prompt)
-            paths += write_outputs(profile, prompt, base, config, results, out, stem, used, names)
+            new = write_outputs(profile, prompt, base, config, results, out, stem, used, names)
+            for path in new:
+                paths.append(path)
+                if written:
+                    written(path)
     return paths
 
 

@@ -218,9 +218,12 @@ class FolderTarget:
         if not path.exists() and not path.is_symlink():
             return None
         try:
-            return read_profile_file(path).metadata
+            profile = read_profile_file(path)
         except ImagicError as ex:
             raise UnreadableExisting(f"{path} exists and is not a profile this version can read ({ex})") from None
+        if profile.name != name:
+            raise UnreadableExisting(f"{path} exists and holds the profile {profile.name!r}, not {name!r}")
+        return profile.metadata
 
     def save(self, profile, replace: bool) -> str:
         """Write the profile's file; without ``replace``, a file made meanwhile stays. Rescued if not written."""

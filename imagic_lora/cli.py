@@ -289,10 +289,8 @@ def _run_apply(profile, prompt, prompts_file, out, model, device, dtype, force, 
         raise click.ClickException("give an edit PROMPT or --prompts-file. Try: imagic-lora apply profile "
                                    "NAME \"a jumping dog\"")
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
-    paths = apply_prompts(profile, prompts, out_dir=out, model=model, config=config, device=device,
-                          dtype=dtype, force=force, warn=_warn)
-    for path in paths:
-        echo(path)
+    apply_prompts(profile, prompts, out_dir=out, model=model, config=config, device=device, dtype=dtype,
+                  force=force, warn=_warn, written=echo)
 
 
 @cli.group()

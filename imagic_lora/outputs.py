@@ -32,13 +32,17 @@ class OutputNames:
 
     def __init__(self) -> None:
         self._taken: set[str] = set()
+        self._next: dict[str, int] = {}  # the number to try next for a name asked for again
 
     def claim(self, stem: str, suffix: str = "") -> str:
         """``stem + suffix``, or ``stem-2 + suffix``, ``stem-3``… if this run already used it."""
-        name, number = f"{stem}{suffix}", 1
+        asked = f"{stem}{suffix}".lower()
+        number = self._next.get(asked, 1)
+        name = f"{stem}{suffix}" if number == 1 else f"{stem}-{number}{suffix}"
         while name.lower() in self._taken:
             number += 1
             name = f"{stem}-{number}{suffix}"
+        self._next[asked] = number + 1
         self._taken.add(name.lower())
         return name
 

@@ -67,6 +67,16 @@ def test_alphas_that_print_alike_get_their_own_files(stored, tmp_path):
     assert all((tmp_path / name).is_file() for name in names)
 
 
+def test_a_run_that_fails_late_has_printed_every_file_it_wrote(stored, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    (tmp_path / "out" / "ball_a-dog_a1.00_s0.png").mkdir(parents=True)  # the second prompt's file cannot be written
+    result = run("apply", "profile", "ball", "--prompts-file", prompts, "--out", tmp_path / "out", "--no-keep")
+    assert result.exit_code == 1 and error_line(result).startswith("Error: cannot write ")
+    assert result.stdout == f"{tmp_path / 'out' / 'ball_a-cat_a1.00_s0.png'}\n"
+    assert (tmp_path / "out" / "ball_a-cat_a1.00_s0.png").is_file()
+
+
 def test_output_names_are_handed_out_once_ignoring_case():
     names = OutputNames()
     assert [names.prompt_stem("p", text) for text in ("cat", "cat", "cat 2", "CAT!")] == \
@@ -94,6 +104,18 @@ def test_a_batch_folder_leaves_a_file_it_cannot_read_unless_replace(stored, trai
     result = run("train-batch", batch, *TINY, "--out-dir", out, "--replace")
     assert result.exit_code == 0, result.output
     assert read_profile_file(theirs).name == "a"
+
+
+def test_a_batch_folder_file_holding_another_profile_is_not_this_rows(trained, tmp_path):
+    batch = photo_batch(tmp_path / "photos", ["a"])
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "a.imagic.safetensors").write_bytes(trained.to_bytes())  # profile 'ball' under the name a
+    result = run("train-batch", batch, *TINY, "--out-dir", out)
+    assert result.exit_code == 1
+    assert f"Failed: row 2 (a): {out / 'a.imagic.safetensors'} exists and holds the profile 'ball', not 'a'; it was " \
+           "left alone." in result.stderr
+    assert read_profile_file(out / "a.imagic.safetensors").name == "ball"
 
 
 def test_a_full_batch_folder_rescues_the_trained_profile(tmp_path, monkeypatch, isolated_user_dir):
