@@ -32,8 +32,9 @@ from .method import (
 )
 from .models import BaseModel, load_model
 from .outputs import OutputNames, write_outputs
-from .profile import FORMAT_VERSION, XL_FORMAT_VERSION, Profile, check_name
-from .store import ProfileStore, user_dir
+from .paths import user_dir
+from .profile import Profile, check_name
+from .store import ProfileStore
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
 
@@ -103,11 +104,13 @@ def make_profile(
     # 4. the profile, with everything needed to apply, check and reproduce it
     metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
     e_opt, source = e_opt.map(torch.Tensor.cpu), source.map(torch.Tensor.cpu)
-    return Profile(
+    profile = Profile(
         name=name, e_opt=e_opt.embeds, source_embedding=source.embeds, lora=lora,
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
         image_latents=latents.cpu(), start_latents=start, e_opt_pooled=e_opt.pooled, source_pooled=source.pooled,
     )
+    metadata["format_version"] = profile.format_version
+    return profile
 
 
 def save_or_rescue(store: ProfileStore, profile: Profile, replace: bool) -> None:
@@ -149,16 +152,15 @@ def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) ->
             "prediction_type": base.pipe.scheduler.config.prediction_type,
         },
         "resolution": config.resolution or base.native_resolution,
-        **({"pipeline": "StableDiffusionXLPipeline"} if base.is_xl else {}),
+        **base.family.profile_settings,
     }
 
 
 def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> dict:
     return {
-        "format_version": XL_FORMAT_VERSION if base.is_xl else FORMAT_VERSION,
         "source_prompt": prompt,
         "base_model": base.model_id,
-        "family": base.family.name if base.family else None,
+        "family": base.published_family.name if base.published_family else None,
         **training_settings(base, fingerprint, config),
         "losses": {"embedding": loss1, "lora": loss2},
         "inversion": {"steps": INVERSION_STEPS, "scheduler": "DDIMInverseScheduler", "guidance": 1.0},
@@ -195,20 +197,23 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
     """
     made_for = profile.metadata["base_model"]
     made_with = profile.metadata["base_fingerprint"]
-    expected_shape = (1, base.pipe.tokenizer.model_max_length, base.embedding_dim)
-    same_kind = (profile.e_opt_pooled is not None) == base.is_xl
-    if made_with.split("-")[0] != base.architecture_hash() or tuple(profile.e_opt.shape) != expected_shape \
-            or not same_kind:
+    theirs_shapes = {name: tuple(tensor.shape) for name, tensor in profile.condition.parts().items()}
+    ours_shapes = base.condition_shapes()
+    if made_with.split("-")[0] != base.architecture_hash() or profile.family is not base.family \
+            or theirs_shapes["embeds"] != ours_shapes["embeds"]:
         theirs, ours = family_label(profile.e_opt.shape[-1]), family_label(base.embedding_dim)
         kinds = f" ({theirs}), and this model is {ours}" if theirs != ours else " with another architecture"
         raise IncompatibleProfile(
             f"profile {profile.name!r} does not fit {base.model_id!r}: it was made for {made_for!r}{kinds}. "
             f"Try: --model {made_for}"
         )
-    if profile.e_opt_pooled is not None and profile.e_opt_pooled.shape[-1] != base.pooled_dim:
+    mismatched = [name for name in ours_shapes if theirs_shapes.get(name) != ours_shapes[name]]
+    if mismatched:  # a part of the condition beside the token embeddings (SDXL's pooled one)
+        name = mismatched[0]
+        width = theirs_shapes[name][-1] if name in theirs_shapes else "not"
         raise IncompatibleProfile(
-            f"profile {profile.name!r} does not fit {base.model_id!r}: its pooled embedding is "
-            f"{profile.e_opt_pooled.shape[-1]} wide, the model's {base.pooled_dim}. Try: --model {made_for}"
+            f"profile {profile.name!r} does not fit {base.model_id!r}: its {name} embedding is {width} wide, "
+            f"the model's {ours_shapes[name][-1]}. Try: --model {made_for}"
         )
     sample = base.weight_sample()
     same = sample.shape == profile.base_sample.shape and torch.allclose(

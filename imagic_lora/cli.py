@@ -17,7 +17,8 @@ from .config import FITS, OPTIMIZERS, STARTS, ApplyConfig, TrainConfig
 from .crash import crash_message
 from .errors import ImagicError, ReportedElsewhere
 from .families import BENCH_FAMILIES
-from .store import ProfileStore, read_profile_file, store_path, stored_metadata
+from .paths import store_path
+from .store import ProfileStore, read_profile_file, stored_metadata
 from .text import escape_controls
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -485,11 +486,11 @@ def bench_sanity(prompts, out) -> None:
 
 @bench.command(name="edits")
 @click.option("--cases", type=int, default=100, show_default=True,
-              help="Cases of the split (about 9 s each on 2 CPU cores, plus baselines not yet cached).")
+              help="Cases of the split (each trains one profile; baselines not yet cached are computed too).")
 @click.option("--split", type=click.Choice(["held-out", "tuning"]), default="held-out", show_default=True,
               help="held-out: cases never used to choose the defaults; tuning: the cases they were chosen on.")
 @click.option("--classic-cases", type=int, default=4, show_default=True,
-              help="Run classic full-UNet Imagic on the first N cases only (about 2 min each, then cached).")
+              help="Run classic full-UNet Imagic on the first N cases only (the slowest baseline; then cached).")
 @click.option("--cache", type=click.Path(dir_okay=False), default="docs/bench/baselines.json", show_default=True,
               help="The baselines' scores, kept per shapes model and case.")
 @click.option("--recompute-baselines", is_flag=True, help="Compute the baselines again instead of reading the cache.")
@@ -513,7 +514,8 @@ def bench_edits(cases, split, classic_cases, cache, recompute_baselines, workers
 
 
 @bench.command(name="schedules")
-@click.option("--cases", type=int, default=10, show_default=True, help="Shapes edit cases (about 2.5 min each).")
+@click.option("--cases", type=int, default=10, show_default=True,
+              help="Shapes edit cases (each trains every schedule).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors
@@ -558,7 +560,7 @@ def bench_train(out, **settings) -> None:
 
 @bench.command(name="batch")
 @click.option("--rows", type=click.IntRange(1, 1000), default=8, show_default=True,
-              help="Shapes photos to train (about 20 s each per variant on 2 CPU cores).")
+              help="Shapes photos to train, once per variant.")
 @click.option("--model", default="builtin:shapes", show_default=True)
 @click.option("--per-row/--no-per-row", default=True, show_default=True,
               help="Also time one train command per row.")

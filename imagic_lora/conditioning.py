@@ -1,14 +1,15 @@
-"""What the UNet is conditioned on: per-token text embeddings and, for SDXL, the pooled text embedding.
+"""What the denoiser is conditioned on: a prompt's tensors, which Imagic optimizes and interpolates alike.
 
-SD 1.x/2.x condition on ``embeds`` ``[batch, 77, dim]`` alone. SDXL adds the second text encoder's
-pooled projection ``[batch, 1280]`` and the micro-conditioning ``time_ids`` (original size, crop
-corner, target size), passed to the UNet as ``added_cond_kwargs``.
+Every family has the per-token text embeddings ``embeds`` ``[batch, tokens, dim]``; SDXL adds the
+pooled embedding ``pooled`` ``[batch, dim]``. What the denoiser takes besides (SDXL's size
+conditioning) is its family's business (:mod:`imagic_lora.families`). The operations here act on
+whichever tensors a condition holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -20,12 +21,16 @@ class Condition:
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
 
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The tensors this condition holds, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Condition:
         """``fn`` applied to every tensor."""
-        return Condition(fn(self.embeds), None if self.pooled is None else fn(self.pooled))
+        return Condition(**{name: fn(tensor) for name, tensor in self.parts().items()})
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.embeds] if self.pooled is None else [self.embeds, self.pooled]
+        return list(self.parts().values())
 
     def expand(self, batch: int) -> Condition:
         """The same condition for ``batch`` samples (views, no copies)."""
@@ -40,32 +45,14 @@ class Condition:
 
 
 def interpolate(e_new: Condition, e_opt: Condition, alpha: float) -> Condition:
-    """Imagic step C: ``α·e_new + (1−α)·e_opt``, for the token and the pooled embeddings alike."""
-    embeds = alpha * e_new.embeds + (1 - alpha) * e_opt.embeds
-    if e_new.pooled is None or e_opt.pooled is None:
-        return Condition(embeds)
-    return Condition(embeds, alpha * e_new.pooled + (1 - alpha) * e_opt.pooled)
+    """Imagic step C: ``α·e_new + (1−α)·e_opt``, for every tensor the two conditions share."""
+    new = e_new.parts()
+    return Condition(**{name: alpha * new[name] + (1 - alpha) * tensor
+                        for name, tensor in e_opt.parts().items() if name in new})
 
 
 def concat(conditions: Sequence[Condition]) -> Condition:
-    """Conditions stacked along the batch dimension."""
-    embeds = torch.cat([c.embeds for c in conditions])
-    pooled = [c.pooled for c in conditions]
-    return Condition(embeds, None if any(p is None for p in pooled) else torch.cat(pooled))
-
-
-def time_ids(height: int, width: int, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """SDXL's micro-conditioning for an uncropped image generated at its own size, as the pipeline makes it."""
-    ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
-    return ids.repeat(batch, 1)
-
-
-def unet_kwargs(condition: Condition, height: int, width: int, dtype: torch.dtype) -> dict:
-    """The UNet's conditioning arguments for a batch at ``height`` × ``width`` pixels."""
-    embeds = condition.embeds.to(dtype)
-    if condition.pooled is None:
-        return {"encoder_hidden_states": embeds}
-    batch = embeds.shape[0]
-    added = {"text_embeds": condition.pooled.to(dtype),
-             "time_ids": time_ids(height, width, batch, embeds.device, dtype)}
-    return {"encoder_hidden_states": embeds, "added_cond_kwargs": added}
+    """Conditions stacked along the batch dimension (the tensors all of them hold)."""
+    parts = [condition.parts() for condition in conditions]
+    shared = [name for name in parts[0] if all(name in part for part in parts)]
+    return Condition(**{name: torch.cat([part[name] for part in parts]) for name in shared})

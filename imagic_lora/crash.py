@@ -12,13 +12,12 @@ from pathlib import Path
 
 from . import __version__
 from .files import write_first
+from .paths import user_dir
 
 OOM_HINT = "Try: a lower --resolution or --samples-per-step, --gradient-checkpointing, or --device cpu; "
 
 
 def _log_folders() -> list[Path]:
-    from .store import user_dir
-
     return [user_dir() / "logs", Path(tempfile.gettempdir()) / "imagic-lora-logs"]
 
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
 from safetensors.torch import save_file
 
 from .errors import InvalidConfig
-from .families import family_of_width
+from .families import published
 from .files import atomic_write, check_file
 from .lora import PREFIX, lora_config
 from .profile import Profile
 
 LORA_FORMATS = ("diffusers", "kohya")
-LAYERS_PER_BLOCK = 2  # every SD family's UNet: two resnets (and attentions) per level, plus a down/upsampler
-DOWN_ATTENTION = re.compile(r"lora_unet_down_blocks_(\d+)_attentions_(\d+)_")
-UP_ATTENTION = re.compile(r"lora_unet_up_blocks_(\d+)_attentions_(\d+)_")
 
 
 def _peft_state(profile: Profile) -> dict[str, torch.Tensor]:
@@ -37,31 +32,18 @@ def export_lora(profile: Profile, path: str | Path, format: str = "diffusers") -
         raise InvalidConfig(f"--format must be one of {', '.join(LORA_FORMATS)}, got {format!r}")
     path = check_file(path, f"{profile.name}-lora.safetensors")
     state = _peft_state(profile)
-    xl = profile.e_opt_pooled is not None
+    family = profile.family
     if format == "diffusers":
         config = lora_config(profile.rank, profile.lora_alpha).to_dict()
-        pipeline = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-        return atomic_write(path, lambda part: pipeline.save_lora_weights(
+        return atomic_write(path, lambda part: family.pipeline_class().save_lora_weights(
             part.parent, unet_lora_layers=state, weight_name=part.name, unet_lora_adapter_metadata=config))
     kohya = convert_state_dict_to_kohya({f"unet.{key}": value for key, value in state.items()})
-    if xl:
-        kohya = {sgm_name(key): value for key, value in kohya.items()}
+    kohya = {family.kohya_key(key): value for key, value in kohya.items()}
     # diffusers writes alpha = rank; the profile's own alpha keeps the adapter's scale.
     for key in kohya:
         if key.endswith(".alpha"):
             kohya[key] = torch.tensor(float(profile.lora_alpha))
     return atomic_write(path, lambda part: save_file(kohya, part, metadata=kohya_metadata(profile)))
-
-
-def sgm_name(key: str) -> str:
-    """A kohya key in the original (SGM/LDM) UNet's block names, as sd-scripts writes SDXL LoRAs:
-    ``down_blocks.1.attentions.0`` is ``input_blocks.4.1``, ``mid_block.attentions.0`` is ``middle_block.1``,
-    ``up_blocks.0.attentions.2`` is ``output_blocks.2.1``. A1111 and ComfyUI map these onto SDXL."""
-    per_level = LAYERS_PER_BLOCK + 1
-    key = DOWN_ATTENTION.sub(
-        lambda m: f"lora_unet_input_blocks_{1 + int(m[1]) * per_level + int(m[2])}_1_", key)
-    key = UP_ATTENTION.sub(lambda m: f"lora_unet_output_blocks_{int(m[1]) * per_level + int(m[2])}_1_", key)
-    return key.replace("lora_unet_mid_block_attentions_0_", "lora_unet_middle_block_1_")
 
 
 def kohya_metadata(profile: Profile) -> dict[str, str]:
@@ -77,7 +59,7 @@ def kohya_metadata(profile: Profile) -> dict[str, str]:
         "modelspec.sai_model_spec": "1.0.0", "modelspec.title": profile.name,
         "modelspec.resolution": f"{resolution}x{resolution}",
     }
-    family = family_of_width(profile.e_opt.shape[-1])
+    family = published(profile.family, profile.e_opt.shape[-1])
     if family is not None:
         prediction = profile.metadata["training"].get("prediction_type", family.prediction_type)
         metadata["ss_base_model_version"] = family.kohya_version + ("_v" if prediction == "v_prediction" else "")

@@ -17,7 +17,7 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .conditioning import Condition, concat, interpolate, unet_kwargs
+from .conditioning import Condition, concat, interpolate
 from .config import ApplyConfig, TrainConfig
 from .errors import InvalidConfig, TrainingDiverged
 from .keep import keep_unchanged
@@ -43,23 +43,14 @@ def _autocast(base: BaseModel):
     return torch.autocast(base.device.type, dtype=base.dtype)
 
 
-@torch.no_grad()
 def encode_prompt(base: BaseModel, prompt: str) -> Condition:
-    """The text conditioning of ``prompt`` via the pipeline's own encoder(s), as fp32: the CLIP embedding
-    ``[1, 77, dim]``, and for SDXL both encoders' hidden states side by side plus the pooled ``[1, 1280]``."""
-    if base.is_xl:
-        embeds, _, pooled, _ = base.pipe.encode_prompt(prompt, device=base.device, num_images_per_prompt=1,
-                                                       do_classifier_free_guidance=False)
-        return Condition(embeds.float(), pooled.float())
-    embeds, _ = base.pipe.encode_prompt(prompt, base.device, 1, do_classifier_free_guidance=False)
-    return Condition(embeds.float())
+    """The text conditioning of ``prompt`` via the pipeline's own encoder(s), as fp32 (the family says which)."""
+    return base.family.encode_prompt(base.pipe, base.device, prompt)
 
 
 def encode_negative(base: BaseModel, prompt: str) -> Condition:
-    """The unconditional side of guidance: as the pipelines make it, zeros for SDXL's empty negative prompt."""
-    if base.is_xl and not prompt and base.pipe.config.force_zeros_for_empty_prompt:
-        return encode_prompt(base, prompt).map(torch.zeros_like)
-    return encode_prompt(base, prompt)
+    """The unconditional side of guidance, as the family's pipeline makes it."""
+    return base.family.encode_negative(base.pipe, base.device, prompt)
 
 
 @contextlib.contextmanager
@@ -95,10 +86,11 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
 
 
 def predict(base: BaseModel, latents: torch.Tensor, timesteps, condition: Condition) -> torch.Tensor:
-    """The UNet's prediction for ``latents`` at ``timesteps`` under ``condition`` (SDXL: with its size inputs)."""
+    """The UNet's prediction for ``latents`` at ``timesteps`` under ``condition`` (and what else its family needs)."""
     scale = base.pipe.vae_scale_factor
     height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
-    return base.pipe.unet(latents, timesteps, **unet_kwargs(condition, height, width, latents.dtype)).sample
+    kwargs = base.family.unet_kwargs(condition, height, width, latents.dtype)
+    return base.pipe.unet(latents, timesteps, **kwargs).sample
 
 
 def diffusion_loss(
@@ -340,10 +332,4 @@ def generate(
 
 def pipeline_conditioning(base: BaseModel, condition: Condition, negative: Condition) -> dict:
     """The pipeline's embedding arguments for ``condition`` and the unconditional ``negative``, in its dtype."""
-    kwargs = {"prompt_embeds": condition.embeds.to(base.dtype),
-              "negative_prompt_embeds": negative.embeds.to(base.dtype)}
-    if base.is_xl:
-        kwargs |= {"pooled_prompt_embeds": condition.pooled.to(base.dtype),
-                   "negative_pooled_prompt_embeds": negative.pooled.to(base.dtype)}
-    return kwargs
-
+    return base.family.pipeline_kwargs(condition, negative, base.dtype)

@@ -10,18 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline
 from safetensors import SafetensorError, safe_open
 
 from .errors import InvalidConfig, ModelLoadError
-from .families import V_PREDICTION_MARKER, Family, config_folder, family_of_width, identify_checkpoint, supported
+from .families import SD15, Family, family_for_index, family_of_pipeline, published, supported
+from .families.checkpoints import load_single_file
 from .shapes.model import SHAPES_MODEL, shapes_pipeline
 from .tiny import TINY_MODEL, TINY_XL_MODEL, tiny_pipeline, tiny_xl_pipeline
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, TINY_XL_MODEL: tiny_xl_pipeline, SHAPES_MODEL: shapes_pipeline}
-PIPELINES = {"StableDiffusionPipeline": StableDiffusionPipeline, "StableDiffusionXLPipeline": StableDiffusionXLPipeline}
-Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+Pipeline = DiffusionPipeline  # a pipeline of one of the families
 MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
@@ -85,28 +85,33 @@ class BaseModel:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     @property
-    def is_xl(self) -> bool:
-        """SDXL: two text encoders, a pooled embedding and size conditioning."""
-        return isinstance(self.pipe, StableDiffusionXLPipeline)
+    def family(self) -> Family:
+        """The family that drives this model (the built-in models are driven as SD 1.x or SDXL)."""
+        return family_of_pipeline(self.pipe)
+
+    @property
+    def published_family(self) -> Family | None:
+        """The family whose published architecture this is; None for the built-in models."""
+        return published(self.family, self.embedding_dim)
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
-        return [self.pipe.text_encoder, self.pipe.text_encoder_2] if self.is_xl else [self.pipe.text_encoder]
+        return self.family.text_encoders(self.pipe)
 
     @property
     def embedding_dim(self) -> int:
-        """The width of the per-token embedding: SDXL concatenates its two encoders' hidden states."""
-        return sum(encoder.config.hidden_size for encoder in self.text_encoders)
+        """The width of the per-token embedding (SDXL: its two encoders' hidden states side by side)."""
+        return self.family.embedding_width(self.pipe)
 
     @property
     def pooled_dim(self) -> int | None:
-        """The width of SDXL's pooled embedding (None for SD 1.x/2.x)."""
-        return self.pipe.text_encoder_2.config.projection_dim if self.is_xl else None
+        """The width of the pooled text embedding, for a family that conditions on one."""
+        return self.family.pooled_width(self.pipe)
 
-    @property
-    def family(self) -> Family | None:
-        family = family_of_width(self.embedding_dim)
-        return family if family is not None and family.is_xl == self.is_xl else None
+    def condition_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each tensor of one prompt's :class:`~imagic_lora.conditioning.Condition` for this model."""
+        shapes = {"embeds": (1, self.pipe.tokenizer.model_max_length, self.embedding_dim)}
+        return shapes | ({"pooled": (1, self.pooled_dim)} if self.pooled_dim else {})
 
     def weight_sample(self) -> torch.Tensor:
         """A few evenly spaced values of every UNet and text encoder weight, as fp32 on CPU."""
@@ -141,10 +146,7 @@ def sample_indices(numel: int, count: int = SAMPLES_PER_TENSOR) -> list[int]:
 
 def _named_weights(pipe: Pipeline):
     """Base weights by name, sorted; names are the same before and after PEFT wraps a layer."""
-    modules = [("unet", pipe.unet), ("text_encoder", pipe.text_encoder)]
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        modules.append(("text_encoder_2", pipe.text_encoder_2))
-    for prefix, module in modules:
+    for prefix, module in family_of_pipeline(pipe).weight_modules(pipe):
         named = ((name.replace(".base_layer.", "."), param) for name, param in module.named_parameters())
         for name, param in sorted(named, key=lambda item: item[0]):
             if ".lora_" not in name:
@@ -171,26 +173,14 @@ def prepare(model_id: str, pipe: Pipeline, device: torch.device, dtype: torch.dt
     return base
 
 
-def pipeline_class(model_index: dict, what: str) -> type[Pipeline]:
-    """The pipeline class a diffusers folder's ``model_index.json`` names, if imagic-lora supports it."""
-    name = str(model_index.get("_class_name", ""))
-    if "XL" in name and "Refiner" not in name and "Img2Img" not in name:
-        return StableDiffusionXLPipeline
-    if name.startswith("StableDiffusion") and "XL" not in name and "3" not in name:
-        return StableDiffusionPipeline
-    raise ModelLoadError(f"{what} is a {name or 'pipeline of unknown kind'}, which imagic-lora does not edit with. "
-                         f"Supported: {supported()}")
-
-
 def _pretrained_loader(source: str | Path, torch_dtype: torch.dtype, what: str, local: bool):
-    """Load a diffusers folder or hub id with the pipeline class its ``model_index.json`` names."""
+    """Load a diffusers folder or hub id as the family its ``model_index.json`` names."""
     def load() -> Pipeline:
         try:
-            cls = pipeline_class(DiffusionPipeline.load_config(str(source), local_files_only=local), what)
+            family = family_for_index(DiffusionPipeline.load_config(str(source), local_files_only=local), what)
         except OSError:  # not reachable or not cached: SD's loader says which, in its own words
-            cls = StableDiffusionPipeline
-        extra = {"safety_checker": None} if cls is StableDiffusionPipeline else {"add_watermarker": False}
-        return cls.from_pretrained(source, dtype=torch_dtype, local_files_only=local, **extra)
+            family = SD15
+        return family.from_pretrained(source, torch_dtype, local)
     return load
 
 
@@ -288,7 +278,7 @@ def _first_sentence(ex: Exception) -> str:
 
 
 def _load_single_file(path: Path, torch_dtype: torch.dtype) -> Pipeline:
-    """An original-format SD 1.x/2.x/XL checkpoint, with the shipped config folder of its family: no hub access."""
+    """An original-format checkpoint of a supported family, with its shipped config folder: no hub access."""
     if path.suffix != ".safetensors":
         raise ModelLoadError(
             f"{path} is not a .safetensors checkpoint; pickle checkpoints (.ckpt, .bin) are not loaded. "
@@ -299,22 +289,12 @@ def _load_single_file(path: Path, torch_dtype: torch.dtype) -> Pipeline:
             shapes = {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as ex:
         raise ModelLoadError(f"{path} is not a readable .safetensors file: {_first_sentence(ex)}") from None
-    family = identify_checkpoint(shapes, str(path))
-    cls = PIPELINES[family.pipeline]
-    extra = {"add_watermarker": False} if family.is_xl else {"safety_checker": None}
-    with config_folder(family.name) as folder:
-        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, dtype=torch_dtype, **extra)
-    if V_PREDICTION_MARKER in shapes and family.prediction_type != "v_prediction":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    return pipe
+    return load_single_file(path, shapes, torch_dtype)
 
 
 def check_tokenizer(pipe: Pipeline, what: str) -> None:
     """Refuse a tokenizer that does not fit its text encoder (an incomplete folder loads a 2-token one silently)."""
-    pairs = [("tokenizer", pipe.tokenizer, pipe.text_encoder)]
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        pairs.append(("tokenizer_2", pipe.tokenizer_2, pipe.text_encoder_2))
-    for folder, tokenizer, encoder in pairs:
+    for folder, tokenizer, encoder in family_of_pipeline(pipe).tokenizer_pairs(pipe):
         tokens, expected = len(tokenizer), encoder.config.vocab_size
         if tokens != expected:
             raise ModelLoadError(

@@ -21,7 +21,8 @@ from safetensors.torch import save as save_tensors
 
 from .conditioning import Condition
 from .errors import InvalidProfileFile
-from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP
+from .families import Family, family_for
+from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MAX_STEPS, MIN_RESOLUTION, RESOLUTION_STEP
 from .validate import (
     CHECKSUM_KEY,
     FORMAT,
@@ -44,7 +45,7 @@ FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
 LATENT_TENSORS = ("image_latents", "start_latents")  # format version 2
 POOLED_TENSORS = ("e_opt_pooled", "source_pooled")  # format version 3
 MAX_LATENT_CHANNELS, MAX_LATENT_SIDE = 64, MAX_RESOLUTION // 4
-MAX_INVERSION_STEPS = 1000
+MAX_INVERSION_STEPS = MAX_STEPS
 REQUIRED_METADATA = {
     "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
     "losses": dict, "resolution": int, "image_sha256": str, "created_at": str, "library_version": str,
@@ -68,19 +69,19 @@ class Profile:
     source_pooled: torch.Tensor | None = None
 
     @property
+    def family(self) -> Family:
+        """The family that reads this profile: by its embedding's width, and whether it holds a pooled one."""
+        return family_for(self.e_opt.shape[-1], pooled=self.e_opt_pooled is not None)
+
+    @property
     def format_version(self) -> int:
-        if self.e_opt_pooled is not None:
-            return XL_FORMAT_VERSION
-        return 1 if self.start_latents is None else FORMAT_VERSION
+        """The one place the format version is decided: 1 without latents, else the family's version."""
+        return 1 if self.start_latents is None else self.family.profile_format_version
 
     @property
     def condition(self) -> Condition:
         """The optimized conditioning e_opt, with SDXL's pooled part."""
         return Condition(self.e_opt, self.e_opt_pooled)
-
-    @property
-    def source_condition(self) -> Condition:
-        return Condition(self.source_embedding, self.source_pooled)
 
     @property
     def inversion_steps(self) -> int | None:

@@ -17,30 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
 from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound, StoreError
 from .files import atomic_write, check_file
+from .paths import store_path
 from .validate import MAX_FILE_BYTES, PROFILE_SUFFIX, check_name, parse_json, read_header, with_name
 
 if TYPE_CHECKING:
     from .profile import Profile
 from .storedb import DATA_TABLE, TABLE, mapped_errors, newer_error, open_database
 
-USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
 SUMMARY_COLUMNS = (
     "name", "source_prompt", "base_model", "base_fingerprint", "resolution",
     "created_at", "format_version", "library_version", "size_bytes", "sha256", "metadata",
 )
-
-def user_dir() -> Path:
-    """Where imagic-lora keeps its data: ``$IMAGIC_LORA_USER_PATH`` or the platform's app dir."""
-    return Path(os.environ.get(USER_PATH_ENV) or click.get_app_dir("imagic-lora"))
-
-
-def store_path() -> Path:
-    """The default store's database file."""
-    return user_dir() / "profiles.db"
 
 
 def _row(name: str, meta: dict, data: bytes) -> dict:

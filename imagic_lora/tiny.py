@@ -8,14 +8,10 @@ from __future__ import annotations
 from importlib import resources
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .families import SD15, SDXL
 
 TINY_MODEL = "builtin:tiny"
 TINY_XL_MODEL = "builtin:tiny-xl"
@@ -29,7 +25,7 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(str(path), model_max_length=77)
 
 
-def tiny_pipeline() -> StableDiffusionPipeline:
+def tiny_pipeline():
     """Build the tiny pipeline with fixed-seed random weights, identical on every run."""
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -37,19 +33,11 @@ def tiny_pipeline() -> StableDiffusionPipeline:
         unet = _tiny_unet(cross_attention_dim=32)
         vae = _tiny_vae()
         text_encoder = CLIPTextModel(_text_config(tokenizer))
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return SD15.assemble(unet=unet, vae=vae, scheduler=_scheduler(), text_encoders=[text_encoder],
+                         tokenizers=[tokenizer])
 
 
-def tiny_xl_pipeline() -> StableDiffusionXLPipeline:
+def tiny_xl_pipeline():
     """A tiny SDXL as diffusers' own SDXL tests build one: two CLIP text encoders (the second with a
     projection, giving the pooled embedding) and a UNet with ``text_time`` conditioning; fixed seed."""
     tokenizer = tiny_tokenizer()
@@ -67,16 +55,8 @@ def tiny_xl_pipeline() -> StableDiffusionXLPipeline:
         vae = _tiny_vae()
         text_encoder = CLIPTextModel(_text_config(tokenizer))
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, projection_dim=32))
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=_scheduler(),
-        add_watermarker=False,
-    )
+    return SDXL.assemble(unet=unet, vae=vae, scheduler=_scheduler(), text_encoders=[text_encoder, text_encoder_2],
+                         tokenizers=[tokenizer, tokenizer])
 
 
 def _tiny_unet(**extra) -> UNet2DConditionModel:

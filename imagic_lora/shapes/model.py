@@ -5,12 +5,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..errors import ModelLoadError
+from ..families import SD15
 
 SHAPES_MODEL = "builtin:shapes"
 CONTEXT = 16  # tokens: the longest caption is 13
@@ -66,7 +67,7 @@ def save_weights(components: dict, path) -> None:
     save_file(tensors, str(path), metadata={"scaling_factor": str(components["vae"].config.scaling_factor)})
 
 
-def shapes_pipeline(weights: str | Path | None = None) -> StableDiffusionPipeline:
+def shapes_pipeline(weights: str | Path | None = None):
     """The trained shapes model, loaded offline from package data (or from another ``weights`` file)."""
     with resources.as_file(_data(WEIGHTS)) as shipped:
         path = Path(weights) if weights else shipped
@@ -80,6 +81,6 @@ def shapes_pipeline(weights: str | Path | None = None) -> StableDiffusionPipelin
         prefix = name + "."
         state = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
         components[name].load_state_dict(state)
-    return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return SD15.assemble(unet=components["unet"], vae=components["vae"], scheduler=components["scheduler"],
+                         text_encoders=[components["text_encoder"]], tokenizers=[components["tokenizer"]])
 
