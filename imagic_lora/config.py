@@ -6,7 +6,16 @@ import math
 from dataclasses import dataclass
 
 from .errors import InvalidConfig
-from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_SEED
+from .limits import (
+    MAX_LORA_ALPHA,
+    MAX_RANK,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TRAIN_RESOLUTION,
+    MIN_TRAIN_RESOLUTION,
+    RESOLUTION_STEP,
+)
 
 OPTIMIZERS = ("adamw8bit", "adamw")
 STARTS = ("noise", "inversion")
@@ -24,7 +33,7 @@ def _positive_finite(value: float) -> bool:
 
 @dataclass
 class TrainConfig:
-    """Settings of the three Imagic training stages (paper section 3, steps A and B).
+    """Settings of Imagic's two training stages (paper section 3, steps A and B; step C is :class:`ApplyConfig`).
 
     Defaults: the cheapest schedule of the shapes benchmark, 0.09-0.12x the training time of classic
     Imagic (500 + 1000 full-UNet steps): 50 Adam steps at 2e-2 for the embedding, 100 AdamW steps at 2e-3
@@ -53,8 +62,8 @@ class TrainConfig:
         _check(_positive_finite(self.embedding_lr), f"--embedding-lr must be > 0, got {self.embedding_lr}")
         _check(_positive_finite(self.lora_lr), f"--lora-lr must be > 0, got {self.lora_lr}")
         _check(1 <= self.rank <= MAX_RANK, f"--rank must be in [1, {MAX_RANK}], got {self.rank}")
-        _check(1 <= self.samples_per_step <= 64,
-               f"--samples-per-step must be in [1, 64], got {self.samples_per_step}")
+        _check(1 <= self.samples_per_step <= MAX_SAMPLES,
+               f"--samples-per-step must be in [1, {MAX_SAMPLES}], got {self.samples_per_step}")
         _check(_positive_finite(self.lora_alpha) and self.lora_alpha <= MAX_LORA_ALPHA,
                f"--lora-alpha must be in (0, {MAX_LORA_ALPHA:g}], got {self.lora_alpha}")
         _check(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**63), got {self.seed}")
@@ -65,8 +74,10 @@ class TrainConfig:
         _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.resolution is not None:
             _check(
-                32 <= self.resolution <= 2048 and self.resolution % 8 == 0,
-                f"--resolution must be a multiple of 8 in [32, 2048], got {self.resolution}",
+                MIN_TRAIN_RESOLUTION <= self.resolution <= MAX_TRAIN_RESOLUTION
+                and self.resolution % RESOLUTION_STEP == 0,
+                f"--resolution must be a multiple of {RESOLUTION_STEP} in [{MIN_TRAIN_RESOLUTION}, "
+                f"{MAX_TRAIN_RESOLUTION}], got {self.resolution}",
             )
 
 
@@ -97,11 +108,12 @@ class ApplyConfig:
         self.alphas = tuple(self.alphas) or (1.0,)
         for alpha in self.alphas:
             _check(math.isfinite(alpha) and 0 <= alpha <= 1.5, f"--alpha must be in [0, 1.5], got {alpha}")
-        _check(1 <= self.seeds <= 64, f"--seeds must be in [1, 64], got {self.seeds}")
+        _check(1 <= self.seeds <= MAX_SAMPLES, f"--seeds must be in [1, {MAX_SAMPLES}], got {self.seeds}")
         _check(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**63), got {self.seed}")
-        _check(1 <= self.steps <= 1000, f"--steps must be in [1, 1000], got {self.steps}")
+        _check(1 <= self.steps <= MAX_STEPS, f"--steps must be in [1, {MAX_STEPS}], got {self.steps}")
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
-        _check(1 <= self.batch_size <= 64, f"--batch-size must be in [1, 64], got {self.batch_size}")
+        _check(1 <= self.batch_size <= MAX_SAMPLES,
+               f"--batch-size must be in [1, {MAX_SAMPLES}], got {self.batch_size}")
         _check(math.isfinite(self.keep_threshold) and 0 < self.keep_threshold <= 1,
                f"--keep-threshold must be in (0, 1], got {self.keep_threshold}")
         _check(self.start in STARTS, f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")

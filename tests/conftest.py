@@ -2,15 +2,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import EXAMPLE_INPUT, FAST, PROMPT
 
-from imagic_lora import TINY_MODEL, TINY_XL_MODEL, ProfileStore, TrainConfig, load_model, train
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_INPUT = REPO / "profiles" / "example-input.png"
-EXAMPLE_PROFILE = REPO / "profiles" / "example.imagic.safetensors"
-PROMPT = "a red ball on green grass"
-# Few steps, with a LoRA learning rate high enough that the adapter visibly changes the output.
-FAST = TrainConfig(embedding_steps=4, lora_steps=6, lora_lr=1e-2)
+from imagic_lora import TINY_MODEL, TINY_XL_MODEL, ProfileStore, load_model, train
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ import hashlib
 import json
 import sqlite3
 import struct
+from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -11,9 +12,17 @@ from PIL import Image
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from imagic_lora import TrainConfig
 from imagic_lora.cli import cli
+from imagic_lora.paths import user_dir
 from imagic_lora.profile import read_header
-from imagic_lora.store import user_dir
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_INPUT = REPO / "profiles" / "example-input.png"
+EXAMPLE_PROFILE = REPO / "profiles" / "example.imagic.safetensors"
+PROMPT = "a red ball on green grass"
+# Few steps, with a LoRA learning rate high enough that the adapter visibly changes the output.
+FAST = TrainConfig(embedding_steps=4, lora_steps=6, lora_lr=1e-2)
 
 
 def run(*args, env=None):

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_INPUT
-from helpers import error_line, run, store_snapshot
+from helpers import EXAMPLE_INPUT, error_line, run, store_snapshot
 from PIL import Image
 
 from imagic_lora import api

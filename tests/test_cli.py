@@ -4,12 +4,11 @@ import json
 import sqlite3
 
 import numpy as np
-from conftest import PROMPT
-from helpers import pixels, run, store_snapshot
+from helpers import PROMPT, pixels, run, store_snapshot
 from PIL import Image
 
 from imagic_lora import TrainConfig
-from imagic_lora.store import user_dir
+from imagic_lora.paths import user_dir
 
 FAST = ["--embedding-steps", 3, "--lora-steps", 4, "--lora-lr", 1e-2, "--model", "builtin:tiny"]
 APPLY = ["--steps", 3]
@@ -97,7 +96,7 @@ def test_local_diffusers_folder_loads_as_a_model(image_path, tmp_path, tiny):
 
 
 def test_the_shipped_example_profile_applies_to_the_built_in_model(tmp_path):
-    from conftest import EXAMPLE_PROFILE
+    from helpers import EXAMPLE_PROFILE
 
     # the example is a format version 1 file (test_inversion.py): it samples from noise and keeps nothing back
     result = run("apply", "file", EXAMPLE_PROFILE, "a blue ball on green grass", "--alpha", 0, "--alpha", 0.7,
@@ -112,7 +111,7 @@ def test_checkout_shim_runs_the_cli():
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     done = subprocess.run([sys.executable, "cli.py", "--version"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "imagic-lora, version 0.1.0"

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLE_PROFILE, PROMPT
-from helpers import run
+from helpers import EXAMPLE_PROFILE, PROMPT, run
 from store_worker import IMPORTS, WRITES
 
 from imagic_lora import ImagicError, ProfileStore
@@ -71,7 +70,7 @@ def test_concurrent_writers_lose_nothing_and_never_see_a_locked_database(tmp_pat
     assert assert_store_sound(db) == len(expected)
 
 
-def wait_for(process, text: bytes, limit_s: float = 120) -> None:
+def wait_for(process, text: bytes, limit_s: float = 300) -> None:
     seen, deadline = b"", time.monotonic() + limit_s
     while text not in seen:
         chunk = os.read(process.stderr.fileno(), 4096)

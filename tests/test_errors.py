@@ -8,8 +8,7 @@ import struct
 
 import pytest
 import torch
-from conftest import FAST, PROMPT
-from helpers import error_line, rewrite, run, store_snapshot, with_metadata
+from helpers import FAST, PROMPT, error_line, rewrite, run, store_snapshot, with_metadata
 from safetensors.torch import load, save_file
 
 from imagic_lora import ProfileStore, train

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import EXAMPLE_PROFILE
+from helpers import EXAMPLE_PROFILE
 
 from imagic_lora import TINY_MODEL, load_model, read_profile_file
 from imagic_lora.models import _named_weights

@@ -5,8 +5,7 @@ import json
 import struct
 
 import pytest
-from conftest import EXAMPLE_PROFILE
-from helpers import rewrite
+from helpers import EXAMPLE_PROFILE, rewrite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

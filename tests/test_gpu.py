@@ -5,8 +5,7 @@ Skipped without CUDA; ``scripts/gpu_check.py`` runs these on a lent GPU machine.
 
 import pytest
 import torch
-from conftest import PROMPT
-from helpers import run
+from helpers import PROMPT, run
 
 from imagic_lora import ProfileStore, TrainConfig, load_model, train
 from imagic_lora.lora import fused_lora

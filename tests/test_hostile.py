@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import PROMPT
-from helpers import error_line, run, store_snapshot
+from helpers import PROMPT, error_line, run, store_snapshot
 from PIL import Image
 
 from imagic_lora import ProfileStore, storedb

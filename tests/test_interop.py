@@ -84,7 +84,7 @@ def test_lora_alpha_changes_the_output_so_the_match_above_checks_the_scale(train
 @pytest.fixture(scope="module")
 def trained_xl(tmp_path_factory):
     """One profile trained on the tiny SDXL."""
-    from conftest import EXAMPLE_INPUT, FAST, PROMPT
+    from helpers import EXAMPLE_INPUT, FAST, PROMPT
 
     from imagic_lora import train
 

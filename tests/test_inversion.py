@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import EXAMPLE_PROFILE
-from helpers import error_line, pixels, rewrite, run
+from helpers import EXAMPLE_PROFILE, error_line, pixels, rewrite, run
 from PIL import Image
 
 from imagic_lora import ApplyConfig, ProfileStore, TrainConfig, apply, load_model, read_profile_file, train

@@ -5,8 +5,8 @@ from unittest import mock
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import FAST, PROMPT
 from diffusers.models.attention_processor import AttnProcessor2_0
+from helpers import FAST, PROMPT
 
 from imagic_lora import ProfileStore, TrainConfig, load_model, train
 from imagic_lora.method import _checkpointing, encoders_offloaded

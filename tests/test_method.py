@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLE_INPUT, FAST, PROMPT
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_unet_state_dict_to_peft
+from helpers import EXAMPLE_INPUT, FAST, PROMPT
 
 from imagic_lora import ApplyConfig, IncompatibleProfile, TrainConfig, TrainingDiverged
 from imagic_lora.conditioning import Condition, interpolate

@@ -13,8 +13,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_INPUT
-from helpers import error_line, rewrite, run, with_metadata
+from helpers import EXAMPLE_INPUT, error_line, rewrite, run, with_metadata
 from huggingface_hub import constants as hub_constants
 from PIL import Image
 

@@ -6,8 +6,7 @@ The same paths run at SDXL's real size in tests/test_real_architectures.py.
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, PROMPT
-from helpers import error_line, pixels, rewrite, run, store_snapshot
+from helpers import FAST, PROMPT, error_line, pixels, rewrite, run, store_snapshot
 from safetensors.torch import load as load_tensors
 
 from imagic_lora import ProfileStore, load_model, train
@@ -22,7 +21,7 @@ APPLY = ["--steps", 3]
 @pytest.fixture(scope="module")
 def xl_bytes(tmp_path_factory):
     store = ProfileStore(tmp_path_factory.mktemp("xl") / "profiles.db")
-    from conftest import EXAMPLE_INPUT
+    from helpers import EXAMPLE_INPUT
 
     profile = train("xl", EXAMPLE_INPUT, PROMPT, model="builtin:tiny-xl", config=FAST, store=store, progress=False)
     return profile.to_bytes()

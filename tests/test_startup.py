@@ -4,8 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import EXAMPLE_PROFILE
-from helpers import run
+from helpers import EXAMPLE_PROFILE, run
 
 HEAVY = ("torch", "diffusers", "transformers", "peft", "safetensors")
 PROBE = """

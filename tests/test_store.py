@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 import sqlite_utils
 import torch
-from conftest import EXAMPLE_PROFILE
 from diffusers import UNet2DConditionModel
+from helpers import EXAMPLE_PROFILE
 
 from imagic_lora import Profile, ProfileExists, ProfileNotFound, ProfileStore, read_profile_file
 from imagic_lora.errors import StoreError
