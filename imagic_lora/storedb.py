@@ -11,6 +11,7 @@ import functools
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 BUSY_TIMEOUT_S = 60.0
+BUSY_RETRY_S = 0.05
 FULL_BELOW_BYTES = 1 << 20
 TABLE = "profiles"
 DATA_TABLE = "profile_data"
@@ -135,11 +137,26 @@ def open_database(path: Path) -> Opened:
                          "Try: IMAGIC_LORA_USER_PATH=<a folder you can write to>") from None
     if path.is_dir():
         raise StoreError(f"the profile store {path} is a folder, not a database file. Try: move it away")
-    # 2. connect: read-write, or read-only where the file or its folder cannot be written
+    # 2. connect and migrate; SQLite answers "locked" at once, without waiting, to some lock changes (turning on
+    # WAL, writers racing on a new file's first migration), so those are tried again until the busy timeout
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
     with mapped_errors(path):
-        writable = not path.exists() or (os.access(path, os.W_OK) and os.access(folder, os.W_OK))
-        opened = _connect(path) if writable else _connect_read_only(path)
-        # 3. the schema: apply what is pending, refuse to change a store from a newer version
+        while True:
+            try:
+                return _open_once(path)
+            except sqlite3.OperationalError as ex:
+                if not ("locked" in str(ex) or "busy" in str(ex)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(BUSY_RETRY_S)
+
+
+def _open_once(path: Path) -> Opened:
+    """Connect (read-write, or read-only where the file or its folder cannot be written), then apply pending
+    migrations; refuse to change a store from a newer version."""
+    folder = path.parent
+    writable = not path.exists() or (os.access(path, os.W_OK) and os.access(folder, os.W_OK))
+    opened = _connect(path) if writable else _connect_read_only(path)
+    try:
         applied = applied_migrations(opened.conn)
         opened.newer = [name for name in applied if name not in KNOWN_MIGRATIONS]
         pending = [name for name in KNOWN_MIGRATIONS if name not in applied]
@@ -147,10 +164,14 @@ def open_database(path: Path) -> Opened:
             _migrate(opened.conn)
         if m002_profile_data.__name__ not in applied_migrations(opened.conn):  # not migrated: read-only or newer
             opened.data_table = TABLE
-        for table in (TABLE, opened.data_table):
-            if not _has_table(opened.conn, table):
-                raise StoreError(f"the profile store {path} has no '{table}' table: it is damaged or not "
-                                 "imagic-lora's. Try: move it away (a new store is made)")
+    except BaseException:
+        opened.conn.close()
+        raise
+    for table in (TABLE, opened.data_table):
+        if not _has_table(opened.conn, table):
+            opened.conn.close()
+            raise StoreError(f"the profile store {path} has no '{table}' table: it is damaged or not "
+                             "imagic-lora's. Try: move it away (a new store is made)")
     return opened
 
 

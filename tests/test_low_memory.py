@@ -5,6 +5,7 @@ from unittest import mock
 import bitsandbytes as bnb
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 from helpers import FAST, PROMPT
 
@@ -28,15 +29,23 @@ def test_checkpointing_is_on_by_default_on_gpus_and_switchable(tiny):
     assert _checkpointing(tiny, TrainConfig(gradient_checkpointing=True)) is True
 
 
-def test_encoders_leave_the_accelerator_while_training_and_come_back():
+def _mock_pipeline() -> mock.Mock:
+    """A stand-in SD pipeline whose modules record where they are moved."""
     pipe = mock.Mock()
+    pipe.__class__ = StableDiffusionPipeline  # the families ask isinstance
+    pipe.text_encoder.config.hidden_size = 768
+    return pipe
+
+
+def test_encoders_leave_the_accelerator_while_training_and_come_back():
+    pipe = _mock_pipeline()
     base = BaseModel("x", pipe, torch.device("cuda"), torch.float16)
     with encoders_offloaded(base):
         pipe.vae.to.assert_called_once_with("cpu")
         pipe.text_encoder.to.assert_called_once_with("cpu")
     pipe.vae.to.assert_called_with(torch.device("cuda"))
     pipe.text_encoder.to.assert_called_with(torch.device("cuda"))
-    kept = mock.Mock()
+    kept = _mock_pipeline()
     with encoders_offloaded(BaseModel("x", kept, torch.device("cuda"), torch.float16), enabled=False):
         pass
     kept.vae.to.assert_not_called()

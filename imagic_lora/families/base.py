@@ -70,7 +70,7 @@ class Family:
     # --- the pipeline's parts ------------------------------------------------------------------------------
 
     def owns(self, pipe) -> bool:
-        return type(pipe).__name__ == self.pipeline
+        return isinstance(pipe, self.pipeline_class())
 
     def text_encoders(self, pipe) -> list[torch.nn.Module]:
         return [pipe.text_encoder]
