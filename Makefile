@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 $(BIN)/imagic-lora: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the everyday loop: everything but the tests marked slow (real sizes, several processes, benchmarks)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"

@@ -91,6 +91,7 @@ def test_an_unreadable_batch_file_is_one_error(tmp_path, name, content, message)
 
 # --- one process -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_bad_row_fails_alone_and_a_rerun_trains_nothing_again(tmp_path, monkeypatch):
     batch = make_photos(tmp_path / "photos")
     loads = []
@@ -113,6 +114,7 @@ def test_a_bad_row_fails_alone_and_a_rerun_trains_nothing_again(tmp_path, monkey
     assert trained == [] and store_snapshot() == before
 
 
+@pytest.mark.slow
 def test_other_settings_are_refused_without_replace_and_retrained_with_it(tmp_path):
     batch = make_photos(tmp_path / "photos", [("a", "a.png"), ("b", "b.png")])
     assert run("train-batch", batch, *FAST).exit_code == 0
@@ -302,6 +304,7 @@ def _rows_in_store(db: Path) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 def test_two_processes_train_each_row_once_and_report_the_bad_one(tmp_path, launch_env, isolated_user_dir):
     batch = make_photos(tmp_path / "photos")
     finished = launch(batch, *FAST, env=launch_env)
@@ -319,6 +322,7 @@ def test_two_processes_train_each_row_once_and_report_the_bad_one(tmp_path, laun
     assert "Error: 1 of 6 rows failed (row 4;" in err
 
 
+@pytest.mark.slow
 def test_a_bad_batch_file_or_model_under_launch_is_one_error_line(tmp_path, launch_env):
     bad = tmp_path / "bad.csv"
     bad.write_text("nam,image\n")
@@ -330,6 +334,7 @@ def test_a_bad_batch_file_or_model_under_launch_is_one_error_line(tmp_path, laun
         assert "Traceback" not in finished.stderr and "Failed: row" not in finished.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_batch_finishes_on_rerun_without_retraining(tmp_path, launch_env, isolated_user_dir):
     batch = make_photos(tmp_path / "photos")
     db = isolated_user_dir / "profiles.db"
@@ -351,6 +356,7 @@ def test_a_killed_batch_finishes_on_rerun_without_retraining(tmp_path, launch_en
     assert {name: data for name, data in store_snapshot() if name in finished} == before
 
 
+@pytest.mark.slow
 def test_two_processes_write_files_to_out_dir(tmp_path, launch_env):
     batch = make_photos(tmp_path / "photos", [(n, f"{n}.png") for n in NAMES])
     out_dir = tmp_path / "shared"
@@ -361,6 +367,7 @@ def test_two_processes_write_files_to_out_dir(tmp_path, launch_env):
     assert json.loads(run("profiles", "list", "--json").stdout) == []
 
 
+@pytest.mark.slow
 def test_bench_batch_times_one_and_two_processes_on_the_same_rows(tmp_path):
     result = run("bench", "batch", "--rows", "2", "--model", "builtin:tiny", "--no-per-row", "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -5,6 +5,7 @@ import os
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from helpers import run
 
@@ -131,6 +132,7 @@ class _LosslessVAE:
         return type("Decoded", (), {"sample": latents})()
 
 
+@pytest.mark.slow
 def test_a_lossless_round_trip_reaches_the_full_ceiling_and_so_does_the_shipped_vae():
     from imagic_lora.bench.ceiling import vae_ceiling
     from imagic_lora.shapes.model import shapes_pipeline
@@ -147,6 +149,7 @@ def _rows_without_seconds(rows):
     return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
 
 
+@pytest.mark.slow
 def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once(monkeypatch, tmp_path):
     from imagic_lora.config import TrainConfig
 
@@ -194,6 +197,7 @@ def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once
     assert [row["method"] for row in case_rows] == ["sdedit"]
 
 
+@pytest.mark.slow
 def test_bench_edits_scores_the_same_in_worker_processes_as_in_one_process(tmp_path):
     from imagic_lora.config import TrainConfig
 

@@ -40,6 +40,7 @@ def assert_store_sound(db) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_the_store_survives_sigkill_at_random_points(tmp_path):
     db = tmp_path / "profiles.db"
     rng = random.Random(0)
@@ -57,6 +58,7 @@ def test_the_store_survives_sigkill_at_random_points(tmp_path):
     assert operations > KILLS, "the kills must land while writes are going on"
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing_and_never_see_a_locked_database(tmp_path):
     db = tmp_path / "profiles.db"  # not created yet: the writers also race on the first migration
     workers = [start_worker("writer", db, i) for i in range(WRITERS)]
@@ -78,6 +80,7 @@ def wait_for(process, text: bytes, limit_s: float = 300) -> None:
         seen += chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [b"stage 1/2 embedding", b"stage 2/2 LoRA"])
 def test_killing_training_leaves_the_store_as_it_was(tmp_path, stage, trained, isolated_user_dir):
     ProfileStore().save(trained)
@@ -171,6 +174,7 @@ def _race(*actions):
     return outcomes
 
 
+@pytest.mark.slow
 def test_rename_racing_import_and_rm_never_loses_or_resurrects_a_profile(trained, tmp_path):
     store = ProfileStore()
     original = trained.renamed("a")

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_step(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry", "--out", str(tmp_path)],
                           capture_output=True, text=True, check=False, timeout=600)

@@ -106,6 +106,7 @@ def shapes():
     return load_model(SHAPES_MODEL, device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", RECONSTRUCTED)
 def test_the_inversion_gives_back_the_input_at_alpha_0(shapes, tmp_path, index):
     case = make_cases(10, seed=0)[index]

@@ -47,6 +47,7 @@ def photo_batch(folder: Path, names=("a", "b")) -> Path:
 
 # --- 1. one run never overwrites its own outputs -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_prompts_whose_names_collide_in_one_run_each_keep_their_files(stored, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("cat\ncat\ncat 2\nCAT!\n")

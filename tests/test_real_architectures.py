@@ -21,6 +21,7 @@ from imagic_lora.bench.architectures import random_pipeline
 from imagic_lora.lora import fused_lora
 from imagic_lora.models import sample_indices
 
+pytestmark = pytest.mark.slow
 FAMILIES = {"sd15": (768, "epsilon"), "sd21": (1024, "v_prediction"), "sdxl": (2048, "epsilon")}
 KOHYA = {"sd15": ("sd_v1", "stable-diffusion-v1/lora"), "sd21": ("sd_v2_v", "stable-diffusion-v2-768-v/lora"),
          "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")}

@@ -46,12 +46,14 @@ def _edit(shapes, tmp_path, index: int, config: ApplyConfig) -> dict:
     return score(Image.open(path), case) | {"edit": case.edit, "prompts": (case.source_prompt, case.edit_prompt)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", EDITED_AND_KEPT)
 def test_edits_at_the_defaults_make_the_asked_change_and_keep_the_scene(shapes, tmp_path, index):
     result = _edit(shapes, tmp_path, index, ApplyConfig())
     assert result["edit_success"] and result["preserved"], result
 
 
+@pytest.mark.slow
 def test_alpha_0_at_the_defaults_gives_the_input_back(shapes, tmp_path):
     result = _edit(shapes, tmp_path, 11, ApplyConfig(alphas=(0.0,)))
     assert result["preserved"] and not result["edit_success"], result

@@ -8,6 +8,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 NOT_SHIPPED = {"imagic_lora/data/README.md"}  # provenance notes for the repository, not package data
 
@@ -17,6 +19,7 @@ def tracked_package_files() -> set[str]:
     return {line for line in listed.stdout.split() if not line.endswith(".pyc")} - NOT_SHIPPED
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_and_trains_and_applies_outside_the_checkout(tmp_path):
     # 1. build it, offline, and check its contents against the repository
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
