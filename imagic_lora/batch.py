@@ -265,15 +265,10 @@ class BatchJob:
     report: Callable[[str], None] = print
 
 
-def run_rows(rows: list[BatchRow], job: BatchJob, target, base=None) -> list[RowResult]:
-    """Train ``rows`` in order with one model, loaded (or refused, raising) before the first row; never raises
-    for a row."""
+def run_rows(rows: list[BatchRow], job: BatchJob, target, base) -> list[RowResult]:
+    """Train ``rows`` in order with the loaded model ``base``; never raises for a row."""
     from tqdm.auto import tqdm
 
-    from .models import load_model
-
-    if base is None and rows:
-        base = load_model(job.model, job.device, job.dtype)
     results = []
     for row in tqdm(rows, desc=job.description, unit="row", disable=not job.progress, dynamic_ncols=True):
         start = time.perf_counter()

@@ -84,9 +84,9 @@ class BaseModel:
     def native_resolution(self) -> int:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
-    @property
+    @functools.cached_property
     def family(self) -> Family:
-        """The family that drives this model (the built-in models are driven as SD 1.x or SDXL)."""
+        """The family that drives this model (the built-in models are driven as SD 1.x or SDXL); asked once."""
         return family_of_pipeline(self.pipe)
 
     @property
