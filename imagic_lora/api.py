@@ -34,6 +34,7 @@ from .models import BaseModel, load_model
 from .outputs import OutputNames, write_outputs
 from .paths import user_dir
 from .profile import Profile, check_name
+from .record import ABSENT, Inversion, LoraSettings, Losses, ProfileMetadata, Settings, TrainingSettings
 from .store import ProfileStore
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
@@ -109,8 +110,7 @@ def make_profile(
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
         image_latents=latents.cpu(), start_latents=start, e_opt_pooled=e_opt.pooled, source_pooled=source.pooled,
     )
-    metadata["format_version"] = profile.format_version
-    return profile
+    return profile.stamped()
 
 
 def save_or_rescue(store: ProfileStore, profile: Profile, replace: bool) -> None:
@@ -139,35 +139,35 @@ def write_rescue_file(profile: Profile) -> Path | None:
     return write_first(folders, f"{profile.name}-{stamp}", PROFILE_SUFFIX, profile.to_bytes())
 
 
-def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) -> dict:
-    """What decides a profile's training, in its metadata's form: equal settings and image, equal profile."""
-    return {
-        "base_fingerprint": fingerprint,
-        "lora": {"rank": config.rank, "alpha": config.lora_alpha, "target_modules": list(TARGET_MODULES)},
-        "training": {
-            "embedding_steps": config.embedding_steps, "embedding_lr": config.embedding_lr,
-            "lora_steps": config.lora_steps, "lora_lr": config.lora_lr, "optimizer": config.optimizer,
-            "samples_per_step": config.samples_per_step, "fit": config.fit, "seed": config.seed,
-            "device": base.device.type, "dtype": str(base.dtype),
-            "prediction_type": base.pipe.scheduler.config.prediction_type,
-        },
-        "resolution": config.resolution or base.native_resolution,
-        **base.family.profile_settings,
-    }
+def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) -> Settings:
+    """What decides a profile's training besides its image: equal settings and image, equal profile."""
+    training = TrainingSettings(
+        embedding_steps=config.embedding_steps, embedding_lr=config.embedding_lr, lora_steps=config.lora_steps,
+        lora_lr=config.lora_lr, optimizer=config.optimizer, samples_per_step=config.samples_per_step,
+        fit=config.fit, seed=config.seed, device=base.device.type, dtype=str(base.dtype),
+        prediction_type=base.pipe.scheduler.config.prediction_type,
+    )
+    return Settings(
+        base_fingerprint=fingerprint,
+        lora=LoraSettings(rank=config.rank, alpha=config.lora_alpha, target_modules=tuple(TARGET_MODULES)),
+        training=training,
+        resolution=config.resolution or base.native_resolution,
+        pipeline=base.family.profile_pipeline or ABSENT,
+    )
 
 
-def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> dict:
-    return {
-        "source_prompt": prompt,
-        "base_model": base.model_id,
-        "family": base.published_family.name if base.published_family else None,
-        **training_settings(base, fingerprint, config),
-        "losses": {"embedding": loss1, "lora": loss2},
-        "inversion": {"steps": INVERSION_STEPS, "scheduler": "DDIMInverseScheduler", "guidance": 1.0},
-        "image_sha256": image_sha256,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "library_version": __version__,
-    }
+def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> ProfileMetadata:
+    return ProfileMetadata(
+        source_prompt=prompt,
+        base_model=base.model_id,
+        family=base.published_family.name if base.published_family else None,
+        settings=training_settings(base, fingerprint, config),
+        losses=Losses(embedding=loss1, lora=loss2),
+        inversion=Inversion(steps=INVERSION_STEPS, scheduler="DDIMInverseScheduler", guidance=1.0),
+        image_sha256=image_sha256,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        library_version=__version__,
+    )
 
 
 def check_text(text: str, what: str) -> None:
@@ -195,8 +195,8 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
 
     A different architecture is refused even with ``force``: its adapter cannot be loaded.
     """
-    made_for = profile.metadata["base_model"]
-    made_with = profile.metadata["base_fingerprint"]
+    made_for = profile.metadata.base_model
+    made_with = profile.metadata.settings.base_fingerprint
     theirs_shapes = {name: tuple(tensor.shape) for name, tensor in profile.condition.parts().items()}
     ours_shapes = base.condition_shapes()
     if made_with.split("-")[0] != base.architecture_hash() or profile.family is not base.family \
@@ -262,7 +262,7 @@ def apply_prompts(
         check_text(prompt, "the edit prompt")
     check_text(config.negative_prompt, "--negative-prompt")
     out = check_folder(out_dir)
-    base = model if isinstance(model, BaseModel) else load_model(model or profile.metadata["base_model"], device, dtype)
+    base = model if isinstance(model, BaseModel) else load_model(model or profile.metadata.base_model, device, dtype)
     warning = check_compatible(profile, base, force)
     if warning and warn:
         warn(warning)
@@ -280,7 +280,7 @@ def apply_prompts(
         start = start_latents(profile, base, config, progress, warn)
         for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not (progress and several),
                            dynamic_ncols=True):
-            results = generate(base, profile.condition, prompt, config, profile.metadata["resolution"], progress,
+            results = generate(base, profile.condition, prompt, config, profile.resolution, progress,
                                start, photo)
             used = {"start": "noise" if start is None else "inversion",
                     "keep": config.keep_threshold if photo is not None else "off"}

@@ -9,6 +9,7 @@ crash finishes only what is missing; a failing row is reported and the batch goe
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from .config import TrainConfig
 from .errors import ImagicError, InvalidConfig, ModelLoadError, OutputError, ReportedElsewhere
 from .files import read_text
 from .limits import MAX_BATCH_ROWS
+from .record import ProfileMetadata, Settings
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
 
@@ -181,7 +183,7 @@ class StoreTarget:
     def __init__(self, store) -> None:
         self.store = store
 
-    def existing_metadata(self, name: str) -> dict | None:
+    def existing_metadata(self, name: str) -> ProfileMetadata | None:
         return self.store.info(name)["metadata"] if self.store.exists(name) else None
 
     def save(self, profile, replace: bool) -> str:
@@ -209,7 +211,7 @@ class FolderTarget:
     def path(self, name: str) -> Path:
         return self.folder / f"{name}{PROFILE_SUFFIX}"
 
-    def existing_metadata(self, name: str) -> dict | None:
+    def existing_metadata(self, name: str) -> ProfileMetadata | None:
         """The metadata of the file already there, None if there is none; :class:`UnreadableExisting` if
         something is there that is not a readable profile."""
         from .store import read_profile_file
@@ -241,15 +243,6 @@ class FolderTarget:
 
 # --- running it -------------------------------------------------------------------------------------------
 
-def same_training(existing: dict, expected: dict, image_sha256: str) -> bool:
-    """Whether an existing profile's metadata records this image and these settings (device aside)."""
-    def comparable(meta: dict) -> dict:
-        training = {k: v for k, v in (meta.get("training") or {}).items() if k != "device"}
-        return {key: meta.get(key) for key in expected if key != "training"} | {"training": training}
-
-    return existing.get("image_sha256") == image_sha256 and comparable(existing) == comparable(expected)
-
-
 @dataclass
 class BatchJob:
     """Everything one process needs to run its rows."""
@@ -269,11 +262,15 @@ def run_rows(rows: list[BatchRow], job: BatchJob, target, base) -> list[RowResul
     """Train ``rows`` in order with the loaded model ``base``; never raises for a row."""
     from tqdm.auto import tqdm
 
+    from .api import training_settings
+
+    # the settings an existing profile must record to be skipped: fingerprinting walks every weight, so once
+    expected = functools.cache(lambda: training_settings(base, base.fingerprint(), job.config))
     results = []
     for row in tqdm(rows, desc=job.description, unit="row", disable=not job.progress, dynamic_ncols=True):
         start = time.perf_counter()
         try:
-            status, reason = _run_row(row, job, target, base)
+            status, reason = _run_row(row, job, target, base, expected)
         except ImagicError as ex:
             status, reason = FAILED, str(ex)
         except Exception as ex:  # one row's unexpected failure (out of memory, a broken file) stops only that row
@@ -292,9 +289,9 @@ def _row_line(row: BatchRow, result: RowResult) -> str:
     return f"Done: {row.label} in {result.seconds:.1f} s, {result.reason}"
 
 
-def _run_row(row: BatchRow, job: BatchJob, target, base) -> tuple[str, str]:
+def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], Settings]) -> tuple[str, str]:
     """(status, reason): the row trained and saved, or skipped as already done."""
-    from .api import make_profile, training_settings
+    from .api import make_profile
     from .images import file_sha256, load_image
 
     if row.problem:
@@ -304,20 +301,20 @@ def _run_row(row: BatchRow, job: BatchJob, target, base) -> tuple[str, str]:
     image_sha256 = file_sha256(row.image)
     try:
         existing = target.existing_metadata(row.name)
+        occupied = existing is not None
     except UnreadableExisting as ex:
         if not job.replace:
             return FAILED, f"{ex}; it was left alone. Try: --replace to overwrite it, or moving it away"
-        existing = {}
-    if existing:
-        expected = training_settings(base, base.fingerprint(), job.config)
-        if same_training(existing, expected, image_sha256):
+        existing, occupied = None, True
+    if existing is not None:
+        if existing.image_sha256 == image_sha256 and existing.settings.same_training(expected()):
             return SKIPPED, "already trained from this image with these settings"
         if not job.replace:
             return FAILED, (f"profile {row.name!r} exists, made from another image or with other settings. "
                             "Try: --replace, or another name")
     profile = make_profile(row.name, picture, image_sha256, row.prompt, base, job.config,
                            progress=job.progress and job.row_progress, warn=warnings.append)
-    where = target.save(profile, replace=existing is not None)
+    where = target.save(profile, replace=occupied)
     for warning in warnings:
         job.report(f"Warning: {row.label}: {warning}")
     return DONE, where

@@ -158,9 +158,9 @@ def train(name, image, prompt, model, replace, device, dtype, **settings) -> Non
 
     profile = train_profile(name, image, prompt, model=model, config=TrainConfig(**settings),
                             device=device, dtype=dtype, replace=replace, warn=_warn)
-    losses = profile.metadata["losses"]
-    echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses['embedding'])}, "
-               f"LoRA loss {_fmt(losses['lora'])}). Try: imagic-lora apply profile {profile.name} \"...\"")
+    losses = profile.metadata.losses
+    echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses.embedding)}, "
+         f"LoRA loss {_fmt(losses.lora)}). Try: imagic-lora apply profile {profile.name} \"...\"")
 
 
 @cli.command(name="train-batch")
@@ -334,7 +334,7 @@ def profiles_list(as_json) -> None:
     if as_json:
         for row in rows:
             try:
-                row["metadata"] = stored_metadata(row)
+                row["metadata"] = stored_metadata(row).to_dict()
             except ImagicError as ex:
                 row["metadata"], row["problem"] = None, str(ex)
         click.echo(json.dumps(rows, indent=2))
@@ -360,6 +360,7 @@ LISTED = ("name", "source_prompt", "base_model", "resolution", "size_bytes", "cr
 def profiles_show(name, as_json) -> None:
     """Show a profile's metadata."""
     info = ProfileStore().info(name)
+    info["metadata"] = info["metadata"].to_dict()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

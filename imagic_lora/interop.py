@@ -52,7 +52,7 @@ def kohya_metadata(profile: Profile) -> dict[str, str]:
     The base model version follows sd-scripts (``sd_v1``, ``sd_v2``, ``sdxl_base_v1-0``, ``_v`` for v-prediction) and
     the architecture the Stability AI model spec; both are left out for a base of neither family.
     """
-    resolution = profile.metadata["resolution"]
+    resolution = profile.resolution
     metadata = {
         "ss_network_module": "networks.lora", "ss_network_dim": str(profile.rank),
         "ss_network_alpha": str(profile.lora_alpha), "ss_output_name": profile.name,
@@ -61,7 +61,7 @@ def kohya_metadata(profile: Profile) -> dict[str, str]:
     }
     family = published(profile.family, profile.e_opt.shape[-1])
     if family is not None:
-        prediction = profile.metadata["training"].get("prediction_type", family.prediction_type)
+        prediction = profile.metadata.settings.training.prediction_type or family.prediction_type
         metadata["ss_base_model_version"] = family.kohya_version + ("_v" if prediction == "v_prediction" else "")
         metadata["modelspec.architecture"] = f"{family.modelspec[prediction]}/lora"
     return metadata

@@ -76,12 +76,12 @@ def write_outputs(profile, prompt, base, config, results, out: Path, stem: str, 
 def parameters(profile, prompt, base, config, alpha, seed, used: dict) -> dict:
     """The generation parameters a PNG carries (A1111 infotext and JSON)."""
     return {
-        "profile": profile.name, "prompt": prompt, "source_prompt": profile.metadata["source_prompt"],
+        "profile": profile.name, "prompt": prompt, "source_prompt": profile.metadata.source_prompt,
         "alpha": alpha if alpha is not None else list(config.alphas),
         "seed": seed if seed is not None else config.seed_list,
         "steps": config.steps, "guidance": config.guidance, "negative_prompt": config.negative_prompt,
-        "size": profile.metadata["resolution"], "model": base.model_id,
-        "model_hash": profile.metadata["base_fingerprint"].split("-")[-1][:10],
+        "size": profile.resolution, "model": base.model_id,
+        "model_hash": profile.metadata.settings.base_fingerprint.split("-")[-1][:10],
         "scheduler": type(base.pipe.scheduler).__name__, **used,
         "generator": f"imagic-lora {__version__}",
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from safetensors import SafetensorError
@@ -22,7 +22,8 @@ from safetensors.torch import save as save_tensors
 from .conditioning import Condition
 from .errors import InvalidProfileFile
 from .families import Family, family_for
-from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MAX_STEPS, MIN_RESOLUTION, RESOLUTION_STEP
+from .limits import MAX_RESOLUTION
+from .record import ProfileMetadata
 from .validate import (
     CHECKSUM_KEY,
     FORMAT,
@@ -45,11 +46,6 @@ FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
 LATENT_TENSORS = ("image_latents", "start_latents")  # format version 2
 POOLED_TENSORS = ("e_opt_pooled", "source_pooled")  # format version 3
 MAX_LATENT_CHANNELS, MAX_LATENT_SIDE = 64, MAX_RESOLUTION // 4
-MAX_INVERSION_STEPS = MAX_STEPS
-REQUIRED_METADATA = {
-    "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
-    "losses": dict, "resolution": int, "image_sha256": str, "created_at": str, "library_version": str,
-}
 
 
 @dataclass
@@ -62,7 +58,7 @@ class Profile:
     lora: dict[str, torch.Tensor]
     thumbnail: torch.Tensor
     base_sample: torch.Tensor
-    metadata: dict = field(default_factory=dict)
+    metadata: ProfileMetadata
     image_latents: torch.Tensor | None = None  # None in format version 1 files
     start_latents: torch.Tensor | None = None
     e_opt_pooled: torch.Tensor | None = None  # SDXL only
@@ -86,15 +82,24 @@ class Profile:
     @property
     def inversion_steps(self) -> int | None:
         """The DDIM steps ``start_latents`` was inverted with (None for a version 1 profile)."""
-        return None if self.start_latents is None else int(self.metadata["inversion"]["steps"])
+        return None if self.start_latents is None else self.metadata.inversion.steps
 
     @property
     def rank(self) -> int:
-        return int(self.metadata["lora"]["rank"])
+        return self.metadata.settings.lora.rank
 
     @property
     def lora_alpha(self) -> float:
-        return float(self.metadata["lora"]["alpha"])
+        return float(self.metadata.settings.lora.alpha)
+
+    @property
+    def resolution(self) -> int:
+        """The side of the square image it was trained at."""
+        return self.metadata.settings.resolution
+
+    def stamped(self) -> Profile:
+        """This profile with its metadata's copy of the format version set to the one its tensors decide."""
+        return replace(self, metadata=replace(self.metadata, format_version=self.format_version))
 
     def renamed(self, name: str) -> Profile:
         return replace(self, name=check_name(name))
@@ -118,7 +123,7 @@ class Profile:
             "format": FORMAT,
             "format_version": str(self.format_version),
             "name": self.name,
-            "profile": json.dumps(self.metadata, sort_keys=True),
+            "profile": json.dumps(self.metadata.to_dict(), sort_keys=True),
         }
         # The tensor bytes do not depend on the header, so the checksum of a first save holds for the second.
         header[CHECKSUM_KEY] = hashlib.sha256(data_section(save_tensors(tensors, metadata=header))).hexdigest()
@@ -129,7 +134,8 @@ class Profile:
         """Parse and validate profile bytes; anything unexpected raises :class:`InvalidProfileFile`."""
         header = read_header(data, source)
         version = int(header["format_version"])
-        metadata = _check_metadata(header, version, source)
+        text = parse_json(header.get("profile"), f"{source} has unreadable profile metadata (not JSON)")
+        metadata = ProfileMetadata.from_dict(text, version, source)
         try:
             tensors = load_tensors(data)
         except (SafetensorError, ValueError, RuntimeError) as ex:
@@ -149,40 +155,7 @@ class Profile:
         )
 
 
-def _check_metadata(header: dict, version: int, source: str) -> dict:
-    metadata = parse_json(header.get("profile"), f"{source} has unreadable profile metadata (not JSON)")
-    if not isinstance(metadata, dict):
-        raise InvalidProfileFile(f"{source} has profile metadata that is not a JSON object")
-    for key, kind in REQUIRED_METADATA.items():
-        if not isinstance(metadata.get(key), kind):
-            raise InvalidProfileFile(f"{source} metadata lacks {key!r} (expected {kind.__name__})")
-    lora, resolution = metadata["lora"], metadata["resolution"]
-    rank, alpha = lora.get("rank"), lora.get("alpha")
-    if not _is_int_in(rank, 1, MAX_RANK) or not _is_number_in(alpha, 0, MAX_LORA_ALPHA) or alpha == 0:
-        raise InvalidProfileFile(
-            f"{source} metadata has no valid LoRA rank (1-{MAX_RANK}) and alpha (> 0, <= {MAX_LORA_ALPHA:g})")
-    if not _is_int_in(resolution, MIN_RESOLUTION, MAX_RESOLUTION) or resolution % RESOLUTION_STEP:
-        raise InvalidProfileFile(
-            f"{source} metadata has an unsupported resolution (a multiple of {RESOLUTION_STEP} in "
-            f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}])")
-    if version >= 2:
-        inversion = metadata.get("inversion")
-        if not isinstance(inversion, dict) or not _is_int_in(inversion.get("steps"), 1, MAX_INVERSION_STEPS):
-            raise InvalidProfileFile(f"{source} metadata has no valid inversion steps (1-{MAX_INVERSION_STEPS})")
-    return metadata
-
-
-def _is_int_in(value, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _is_number_in(value, low: float, high: float) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return low <= value <= high  # False for NaN; exact for ints of any size
-
-
-def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, version: int, source: str) -> None:
+def _check_tensors(tensors: dict[str, torch.Tensor], metadata: ProfileMetadata, version: int, source: str) -> None:
     def fail(what: str) -> None:
         raise InvalidProfileFile(f"{source}: {what}")
 
@@ -210,7 +183,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict, version: in
     thumb = tensors["thumbnail"]
     if thumb.dtype != torch.uint8 or thumb.dim() != 3 or thumb.shape[2] != 3 or max(thumb.shape[:2]) > 512:
         fail("thumbnail is not a small RGB uint8 image")
-    _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata["lora"]["rank"], fail)
+    _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata.settings.lora.rank, fail)
     if version >= 2:
         _check_latent_shapes(tensors["image_latents"], tensors["start_latents"], fail)
     if version >= 3:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .errors import ImagicError, InvalidConfig, InvalidProfileFile, ProfileExists, ProfileNotFound, StoreError
 from .files import atomic_write, check_file
 from .paths import store_path
+from .record import ProfileMetadata
 from .validate import MAX_FILE_BYTES, PROFILE_SUFFIX, check_name, parse_json, read_header, with_name
 
 if TYPE_CHECKING:
@@ -32,19 +33,19 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _row(name: str, meta: dict, data: bytes) -> dict:
+def _row(name: str, meta: ProfileMetadata, data: bytes) -> dict:
     return {
         "name": name,
-        "source_prompt": meta["source_prompt"],
-        "base_model": meta["base_model"],
-        "base_fingerprint": meta["base_fingerprint"],
-        "resolution": meta["resolution"],
-        "created_at": meta["created_at"],
-        "format_version": meta.get("format_version", 1),
-        "library_version": meta["library_version"],
+        "source_prompt": meta.source_prompt,
+        "base_model": meta.base_model,
+        "base_fingerprint": meta.settings.base_fingerprint,
+        "resolution": meta.settings.resolution,
+        "created_at": meta.created_at,
+        "format_version": meta.format_version or 1,
+        "library_version": meta.library_version,
         "size_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-        "metadata": json.dumps(meta, sort_keys=True),
+        "metadata": json.dumps(meta.to_dict(), sort_keys=True),
     }
 
 
@@ -120,7 +121,7 @@ class ProfileStore:
 
     @_guarded
     def info(self, name: str) -> dict:
-        """A profile's summary row, with ``metadata`` parsed."""
+        """A profile's summary row, with ``metadata`` read into a :class:`ProfileMetadata`."""
         columns = ", ".join(SUMMARY_COLUMNS)
         rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in
                 self.conn.execute(f"select {columns} from {TABLE} where name = ?", [check_name(name)])]
@@ -178,7 +179,9 @@ class ProfileStore:
         with self.transaction():
             source = f"stored profile {old!r}"
             data = with_name(self.get_bytes(old), new, source)
-            metadata = parse_json(read_header(data, source).get("profile"), f"{source} has unreadable metadata")
+            header = read_header(data, source)
+            text = parse_json(header.get("profile"), f"{source} has unreadable metadata")
+            metadata = ProfileMetadata.from_dict(text, int(header["format_version"]), source)
             self.ensure_free(new)
             self._delete(old)
             self._insert(_row(new, metadata, data), data)
@@ -286,16 +289,15 @@ def _check_backup_target(target: Path, replace: bool) -> None:
         raise InvalidConfig(f"{target} already exists. Try: another file name, or --replace")
 
 
-def stored_metadata(row: dict) -> dict:
-    """The ``metadata`` column parsed, or :class:`StoreError` naming the damaged profile."""
+def stored_metadata(row: dict) -> ProfileMetadata:
+    """The ``metadata`` column read, or :class:`StoreError` naming the damaged profile."""
+    version = row.get("format_version")
     try:
-        metadata = parse_json(row["metadata"], "not JSON")
+        text = parse_json(row["metadata"], "not JSON")
+        return ProfileMetadata.from_dict(text, version if isinstance(version, int) else 1, "its column")
     except ImagicError:
-        metadata = None
-    if not isinstance(metadata, dict):
         raise StoreError(f"stored profile {row['name']!r} has damaged metadata in the store. "
-                         "Try: imagic-lora profiles verify")
-    return metadata
+                         "Try: imagic-lora profiles verify") from None
 
 
 def _row_problem(name, sha256, metadata, data) -> str | None:
@@ -306,7 +308,7 @@ def _row_problem(name, sha256, metadata, data) -> str | None:
         return f"profile {name!r}: its data does not match its stored checksum"
     try:
         profile = _parse(data, f"profile {name!r}")
-        columns = stored_metadata({"name": name, "metadata": metadata})
+        columns = stored_metadata({"name": name, "metadata": metadata, "format_version": profile.format_version})
     except ImagicError as ex:
         return str(ex)
     if profile.name != name:

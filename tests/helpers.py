@@ -1,5 +1,6 @@
 """Shared helpers for CLI tests: run the command, snapshot the store, craft hostile files."""
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -20,6 +21,9 @@ from imagic_lora.profile import read_header
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_INPUT = REPO / "profiles" / "example-input.png"
 EXAMPLE_PROFILE = REPO / "profiles" / "example.imagic.safetensors"
+# one profile file of each format version, as the release before the typed record wrote them
+FORMAT_FILES = {1: EXAMPLE_PROFILE, 2: REPO / "tests" / "data" / "format-v2.imagic.safetensors",
+                3: REPO / "tests" / "data" / "format-v3.imagic.safetensors"}
 PROMPT = "a red ball on green grass"
 # Few steps, with a LoRA learning rate high enough that the adapter visibly changes the output.
 FAST = TrainConfig(embedding_steps=4, lora_steps=6, lora_lr=1e-2)
@@ -71,3 +75,15 @@ def with_metadata(data: bytes, **changes) -> bytes:
     meta = json.loads(read_header(data, "test")["profile"])
     meta.update(changes)
     return rewrite(data, header={"profile": json.dumps(meta)})
+
+
+def with_metadata_fields(profile, **changes):
+    """The profile with some top-level fields of its metadata record changed."""
+    return dataclasses.replace(profile, metadata=dataclasses.replace(profile.metadata, **changes))
+
+
+def with_lora_alpha(profile, alpha: float):
+    """The profile with another LoRA alpha recorded (so its adapter is scaled differently)."""
+    settings = profile.metadata.settings
+    lora = dataclasses.replace(settings.lora, alpha=alpha)
+    return with_metadata_fields(profile, settings=dataclasses.replace(settings, lora=lora))

@@ -1,7 +1,6 @@
 """train-batch: rows from CSV/JSONL, skipped when done, failures isolated, split over processes by accelerate."""
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -12,12 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE_INPUT, error_line, run, store_snapshot
+from helpers import EXAMPLE_INPUT, error_line, run, store_snapshot, with_metadata_fields
 from PIL import Image
 
 from imagic_lora import api
 from imagic_lora.batch import read_batch
 from imagic_lora.errors import InvalidConfig, TrainingDiverged
+from imagic_lora.models import BaseModel
 
 FAST = ("--model", "builtin:tiny", "--embedding-steps", "2", "--lora-steps", "2")
 NAMES = ["a", "b", "c", "d", "e"]
@@ -107,11 +107,14 @@ def test_a_bad_row_fails_alone_and_a_rerun_trains_nothing_again(tmp_path, monkey
     assert error_line(result).startswith("Error: 1 of 6 rows failed (row 4;")
 
     before = store_snapshot()
-    trained = []
+    trained, fingerprinted = [], []
     monkeypatch.setattr(api, "make_profile", lambda *a, **k: trained.append(a) or pytest.fail("retrained"))
+    real_fingerprint = BaseModel.fingerprint
+    monkeypatch.setattr(BaseModel, "fingerprint", lambda self: fingerprinted.append(1) or real_fingerprint(self))
     again = run("train-batch", batch, *FAST)
     assert again.exit_code == 1 and "0 done, 5 skipped, 1 failed" in again.stdout
     assert trained == [] and store_snapshot() == before
+    assert len(fingerprinted) == 1  # the weights are walked once per batch, not once per skipped row
 
 
 @pytest.mark.slow
@@ -189,7 +192,7 @@ def test_import_dir_refuses_a_changed_profile_unless_replace(tmp_path, trained):
     folder = tmp_path / "incoming"
     folder.mkdir()
     assert run("profiles", "import", _write(folder / "ball.safetensors", trained.to_bytes())).exit_code == 0
-    changed = dataclasses.replace(trained, metadata={**trained.metadata, "source_prompt": "other"})
+    changed = with_metadata_fields(trained, source_prompt="other")
     _write(folder / "ball.safetensors", changed.to_bytes())
     before = store_snapshot()
     refused = run("profiles", "import", folder)

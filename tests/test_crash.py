@@ -56,4 +56,4 @@ def test_a_store_failure_after_training_keeps_the_profile_in_a_file(image_path, 
     assert match, line
     assert store_snapshot() == []
     assert run("profiles", "import", match.group(1)).exit_code == 0
-    assert ProfileStore().get("kept").metadata["source_prompt"] == "a red ball"
+    assert ProfileStore().get("kept").metadata.source_prompt == "a red ball"

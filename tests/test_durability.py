@@ -1,6 +1,5 @@
 """The store under SIGKILL and concurrent writers, with real processes (bounded in count and time)."""
 
-import dataclasses
 import os
 import random
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXAMPLE_PROFILE, PROMPT, run
+from helpers import EXAMPLE_PROFILE, PROMPT, run, with_metadata_fields
 from store_worker import IMPORTS, WRITES
 
 from imagic_lora import ImagicError, ProfileStore
@@ -180,8 +179,7 @@ def test_rename_racing_import_and_rm_never_loses_or_resurrects_a_profile(trained
     original = trained.renamed("a")
     imported_prompt = "the imported copy"
     newer = tmp_path / "newer.imagic.safetensors"
-    newer.write_bytes(dataclasses.replace(original, metadata={**original.metadata,
-                                                              "source_prompt": imported_prompt}).to_bytes())
+    newer.write_bytes(with_metadata_fields(original, source_prompt=imported_prompt).to_bytes())
     for _ in range(RACES):
         for name in ("a", "b"):
             if store.exists(name):

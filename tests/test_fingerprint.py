@@ -26,6 +26,6 @@ def test_built_in_models_keep_their_fingerprints(model):
 
 def test_the_shipped_example_profile_still_matches_its_base_model():
     profile = read_profile_file(EXAMPLE_PROFILE)
-    base = load_model(profile.metadata["base_model"])
-    assert base.fingerprint() == profile.metadata["base_fingerprint"]
+    base = load_model(profile.metadata.base_model)
+    assert base.fingerprint() == profile.metadata.settings.base_fingerprint
     assert torch.equal(base.weight_sample().half().float(), profile.base_sample)

@@ -42,4 +42,4 @@ def test_sd15_architecture_trains_and_applies_on_cuda_at_512(image_path, tmp_pat
     assert trained.exit_code == 0, trained.output
     applied = run("apply", "profile", "real", "a blue ball", "--steps", 4, "--device", "cuda", "--out", tmp_path)
     assert applied.exit_code == 0, applied.output
-    assert ProfileStore().get("real").metadata["training"]["device"] == "cuda"
+    assert ProfileStore().get("real").metadata.settings.training.device == "cuda"

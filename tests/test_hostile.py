@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import PROMPT, error_line, run, store_snapshot
+from helpers import PROMPT, error_line, run, store_snapshot, with_metadata_fields
 from PIL import Image
 
 from imagic_lora import ProfileStore, storedb
@@ -273,7 +273,7 @@ def test_a_full_disk_during_backup_leaves_no_file(stored, tmp_path, monkeypatch)
 
 def test_control_characters_in_stored_text_are_shown_escaped(trained):
     profile = trained.renamed("ball")
-    profile.metadata = {**profile.metadata, "source_prompt": "a dog\x1b[2J\x07 \u202egod a\r"}
+    profile = with_metadata_fields(profile, source_prompt="a dog\x1b[2J\x07 \u202egod a\r")
     ProfileStore().save(profile)
     for args in (["profiles", "list"], ["profiles", "show", "ball"]):
         output = run(*args).stdout

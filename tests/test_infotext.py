@@ -3,7 +3,7 @@
 import json
 import re
 
-from helpers import run
+from helpers import run, with_metadata_fields
 from PIL import Image
 
 from imagic_lora import ProfileStore
@@ -31,7 +31,7 @@ def parse_infotext(text: str) -> dict:
 def test_png_parameters_read_back_with_a1111_rules(trained, tmp_path):
     source = 'a red ball, on green grass: "bright"'
     profile = trained.renamed("ball")
-    profile.metadata = {**profile.metadata, "source_prompt": source}
+    profile = with_metadata_fields(profile, source_prompt=source)
     ProfileStore().save(profile)
     result = run("apply", "profile", "ball", "a blue ball", "--alpha", 0.8, "--seed", 7, "--steps", 3,
                  "--guidance", 5, "--negative-prompt", "blurry, dark", "--out", tmp_path)
@@ -41,7 +41,7 @@ def test_png_parameters_read_back_with_a1111_rules(trained, tmp_path):
     assert fields == {
         "Prompt": "a blue ball", "Negative prompt": "blurry, dark", "Steps": "3", "Sampler": "DDIM",
         "CFG scale": "5", "Seed": "7", "Size": "64x64",
-        "Model hash": profile.metadata["base_fingerprint"].split("-")[1][:10], "Model": "builtin:tiny",
+        "Model hash": profile.metadata.settings.base_fingerprint.split("-")[1][:10], "Model": "builtin:tiny",
         "Imagic profile": "ball", "Imagic source prompt": source, "Imagic alpha": "0.8", "Imagic start": "inversion",
         "Imagic keep": "0.25", "Version": "imagic-lora 0.1.0",
     }

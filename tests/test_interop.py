@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import run
+from helpers import run, with_lora_alpha
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -33,7 +33,7 @@ def plain_pipeline_image(profile, lora_file):
 @pytest.mark.parametrize("lora_alpha", [4.0, 8.0])
 def test_exported_adapter_loads_in_diffusers_and_matches_our_output(trained, tmp_path, lora_format, lora_alpha):
     profile = trained.renamed("ball")
-    profile.metadata = {**profile.metadata, "lora": {**profile.metadata["lora"], "alpha": lora_alpha}}
+    profile = with_lora_alpha(profile, lora_alpha)
     ProfileStore().save(profile)
     lora_file = tmp_path / f"ball-{lora_format}.safetensors"
     result = run("profiles", "export", "ball", lora_file, "--lora-only", "--format", lora_format)
@@ -74,7 +74,7 @@ def test_lora_alpha_changes_the_output_so_the_match_above_checks_the_scale(train
     images = []
     for lora_alpha in (4.0, 8.0):
         profile = trained.renamed("ball")
-        profile.metadata = {**profile.metadata, "lora": {**profile.metadata["lora"], "alpha": lora_alpha}}
+        profile = with_lora_alpha(profile, lora_alpha)
         [path] = apply(profile, "a blue ball", out_dir=tmp_path / str(lora_alpha), model="builtin:tiny",
                        config=CONFIG, progress=False)
         images.append(np.asarray(Image.open(path)))

@@ -11,6 +11,7 @@ from imagic_lora import ApplyConfig, ProfileStore, TrainConfig, apply, load_mode
 from imagic_lora import api as api_module
 from imagic_lora.bench.cases import make_cases, score
 from imagic_lora.profile import Profile
+from imagic_lora.record import Inversion
 from imagic_lora.shapes.analyze import psnr
 from imagic_lora.shapes.model import SHAPES_MODEL
 
@@ -30,7 +31,7 @@ def test_a_new_profile_is_version_2_and_keeps_its_latents_and_their_inversion(tr
     again = Profile.from_bytes(trained.to_bytes())
     assert torch.equal(again.start_latents, trained.start_latents.half().float())  # stored in fp16
     assert torch.equal(again.image_latents, trained.image_latents.half().float())
-    assert again.metadata["inversion"] == {"steps": 50, "scheduler": "DDIMInverseScheduler", "guidance": 1.0}
+    assert again.metadata.inversion == Inversion(steps=50, scheduler="DDIMInverseScheduler", guidance=1.0)
 
 
 def test_a_version_1_profile_still_applies_and_says_it_starts_from_noise(tmp_path):

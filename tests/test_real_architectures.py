@@ -60,8 +60,8 @@ def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_pat
     width, prediction = FAMILIES[family]
     profile = _train(folder, image_path)
     assert profile.e_opt.shape == (1, 77, width)
-    assert profile.metadata["resolution"] == 64
-    assert profile.metadata["family"] == family
+    assert profile.resolution == 64
+    assert profile.metadata.family == family
     assert (profile.e_opt_pooled is not None) == (family == "sdxl") == (profile.format_version == 3)
     if family == "sdxl":
         assert profile.e_opt_pooled.shape == profile.source_pooled.shape == (1, 1280)
@@ -69,7 +69,7 @@ def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_pat
     listed = run("profiles", "list")
     assert listed.exit_code == 0 and listed.output.startswith("real: \"a photo of a dog\"")
     shown = run("profiles", "show", "real")
-    assert f"base_fingerprint: {profile.metadata['base_fingerprint']}" in shown.output
+    assert f"base_fingerprint: {profile.metadata.settings.base_fingerprint}" in shown.output
 
     # the defaults: from the inversion (the stored 50-step one redone at 2 steps), the photo kept where unchanged
     stored = run("apply", "profile", "real", "a photo of a cat", *APPLY, "--out", tmp_path / "stored")
@@ -176,7 +176,7 @@ def test_single_file_checkpoint_trains_and_applies_offline(real_model, image_pat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     profile = _train(single, image_path)
-    assert profile.metadata["base_fingerprint"] == load_model(str(folder), dtype="bf16").fingerprint()
+    assert profile.metadata.settings.base_fingerprint == load_model(str(folder), dtype="bf16").fingerprint()
     applied = run("apply", "profile", "real", "a photo of a cat", *APPLY, "--out", tmp_path / "out")
     assert applied.exit_code == 0, applied.output
     assert applied.stdout.strip().endswith(".png")

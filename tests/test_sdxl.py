@@ -37,10 +37,10 @@ def test_cli_end_to_end_on_the_tiny_sdxl(image_path, tmp_path):
     trained = run("train", "xl", image_path, "--prompt", PROMPT, "--model", "builtin:tiny-xl", *TRAIN)
     assert trained.exit_code == 0, trained.output
     profile = ProfileStore().get("xl")
-    assert profile.format_version == 3 and profile.metadata["format_version"] == 3
+    assert profile.format_version == 3 and profile.metadata.format_version == 3
     assert profile.e_opt.shape == (1, 77, 64) and profile.e_opt_pooled.shape == (1, 32)
     assert not torch.equal(profile.e_opt_pooled, profile.source_pooled), "stage 1 moved the pooled embedding"
-    assert profile.metadata["pipeline"] == "StableDiffusionXLPipeline"
+    assert profile.metadata.settings.pipeline == "StableDiffusionXLPipeline"
 
     stored = run("apply", "profile", "xl", "a blue ball", *APPLY, "--out", tmp_path / "stored")
     assert stored.exit_code == 0, stored.output
@@ -82,7 +82,7 @@ def test_a_profile_of_the_other_family_is_refused_naming_both(xl_bytes, trained,
     for force in ([], ["--force"]):
         result = run("apply", "profile", "other", "a dog", "--model", model, *force, "--out", tmp_path / "o")
         assert result.exit_code == 1
-        made_for = profile.metadata["base_model"]
+        made_for = profile.metadata.base_model
         widths = (64, 32) if profile_model == "xl" else (32, 64)
         assert error_line(result) == (
             f"Error: profile 'other' does not fit {model!r}: it was made for {made_for!r} (a model with "

@@ -8,7 +8,7 @@ import pytest
 import sqlite_utils
 import torch
 from diffusers import UNet2DConditionModel
-from helpers import EXAMPLE_PROFILE
+from helpers import EXAMPLE_PROFILE, FORMAT_FILES, with_metadata_fields
 
 from imagic_lora import Profile, ProfileExists, ProfileNotFound, ProfileStore, read_profile_file
 from imagic_lora.errors import StoreError
@@ -41,7 +41,7 @@ def test_a_store_from_before_m002_keeps_every_profile(trained, tmp_path):
     row = {"name": "ball", "source_prompt": "p", "base_model": "builtin:tiny", "base_fingerprint": "x",
            "resolution": 64, "created_at": "t", "format_version": 1, "library_version": "0.1.0",
            "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-           "metadata": json.dumps(trained.metadata, sort_keys=True), "data": data}
+           "metadata": json.dumps(trained.metadata.to_dict(), sort_keys=True), "data": data}
     db["profiles"].insert(row)
     db.conn.close()
     frozen = tmp_path / "frozen.db"
@@ -108,7 +108,7 @@ def test_a_failed_write_changes_nothing(trained, tmp_path):
 
 def test_example_profile_file_is_readable_and_importable():
     profile = read_profile_file(EXAMPLE_PROFILE)
-    assert profile.metadata["base_model"] == "builtin:tiny"
+    assert profile.metadata.base_model == "builtin:tiny"
     imported = ProfileStore().import_file(EXAMPLE_PROFILE, name="example2")
     assert imported.name == "example2"
     assert torch.equal(ProfileStore().get("example2").e_opt, profile.e_opt)
@@ -125,9 +125,10 @@ def test_an_sd15_size_profile_at_rank_4_fits_in_2_mib():
     profile = Profile(
         name="sd15", e_opt=torch.zeros(1, 77, 768), source_embedding=torch.zeros(1, 77, 768), lora=lora,
         thumbnail=torch.zeros(64, 64, 3, dtype=torch.uint8), base_sample=torch.zeros(4 * 1100),
-        metadata={"source_prompt": "a photo of a dog " * 4, "lora": {"rank": 4, "alpha": 4}},
+        metadata=read_profile_file(FORMAT_FILES[2]).metadata,
         image_latents=torch.zeros(1, 4, 64, 64), start_latents=torch.zeros(1, 4, 64, 64),  # format 2, 512 px
     )
+    profile = with_metadata_fields(profile, source_prompt="a photo of a dog " * 4)
     size = len(profile.to_bytes())
     print(f"SD 1.5 profile at rank 4: {size} bytes ({size / 2**20:.2f} MiB)")
     assert size <= 2 * 2**20

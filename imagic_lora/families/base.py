@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +50,7 @@ class Family:
     pipeline: str = "StableDiffusionPipeline"
     pooled: bool = False  # conditions on a pooled text embedding too
     profile_format_version: int = 2  # 2: latents and their inversion (1 is still read)
-    profile_settings: dict = field(default_factory=dict)  # what its profiles' settings add
+    profile_pipeline: str | None = None  # the pipeline its profiles name in their settings, if any
 
     # --- names ---------------------------------------------------------------------------------------------
 

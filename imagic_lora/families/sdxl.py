@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +44,7 @@ class StableDiffusionXL(Family):
     pipeline: str = "StableDiffusionXLPipeline"
     pooled: bool = True
     profile_format_version: int = 3  # 2 plus the pooled embeddings
-    profile_settings: dict = field(default_factory=lambda: {"pipeline": "StableDiffusionXLPipeline"})
+    profile_pipeline: str | None = "StableDiffusionXLPipeline"
 
     def accepts_index(self, class_name: str) -> bool:
         return "XL" in class_name and "Refiner" not in class_name and "Img2Img" not in class_name
