@@ -39,7 +39,6 @@ from .store import ProfileStore
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
 
-INVERSION_STEPS = ApplyConfig.steps  # the default sampling steps, so that applying uses the stored inversion
 SAMPLE_RTOL = 2e-2
 SAMPLE_ATOL = 1e-3
 T = TypeVar("T")
@@ -100,7 +99,7 @@ def make_profile(
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
         # 3. the input's DDIM inversion under what was learnt: it does not depend on any edit prompt
         with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
-            start = invert(base, latents, e_opt, INVERSION_STEPS, progress)
+            start = invert(base, latents, e_opt, config.inversion_steps, progress)
 
     # 4. the profile, with everything needed to apply, check and reproduce it
     metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
@@ -163,7 +162,7 @@ def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> 
         family=base.published_family.name if base.published_family else None,
         settings=training_settings(base, fingerprint, config),
         losses=Losses(embedding=loss1, lora=loss2),
-        inversion=Inversion(steps=INVERSION_STEPS, scheduler="DDIMInverseScheduler", guidance=1.0),
+        inversion=Inversion(steps=config.inversion_steps, scheduler="DDIMInverseScheduler", guidance=1.0),
         image_sha256=image_sha256,
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         library_version=__version__,

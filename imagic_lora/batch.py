@@ -307,7 +307,7 @@ def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], 
             return FAILED, f"{ex}; it was left alone. Try: --replace to overwrite it, or moving it away"
         existing, occupied = None, True
     if existing is not None:
-        if existing.image_sha256 == image_sha256 and existing.settings.same_training(expected()):
+        if existing.trained_like(expected(), job.config.inversion_steps, image_sha256):
             return SKIPPED, "already trained from this image with these settings"
         if not job.replace:
             return FAILED, (f"profile {row.name!r} exists, made from another image or with other settings. "

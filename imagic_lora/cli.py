@@ -134,6 +134,9 @@ def training_options(func):
                      help="Seed of the timesteps and noise drawn in training."),
         click.option("--samples-per-step", type=int, default=_default(TrainConfig, "samples_per_step"),
                      show_default=True, help="Noise samples (timesteps) batched into each training step."),
+        click.option("--inversion-steps", type=int, default=_default(TrainConfig, "inversion_steps"),
+                     show_default=True, help="DDIM steps of the photo's inversion kept in the profile: apply with "
+                     "as many --steps starts from it at no cost; other step counts invert again."),
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
                      help="Recompute UNet activations in backward to save memory [default: on for GPUs]."),
         click.option("--offload-encoders/--no-offload-encoders", default=True, show_default=True,

@@ -31,6 +31,9 @@ def _positive_finite(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
+DEFAULT_SAMPLING_STEPS = 50
+
+
 @dataclass
 class TrainConfig:
     """Settings of Imagic's two training stages (paper section 3, steps A and B; step C is :class:`ApplyConfig`).
@@ -52,6 +55,8 @@ class TrainConfig:
     fit: str = "crop"
     seed: int = 0
     samples_per_step: int = 1
+    # the DDIM steps of the inversion stored in the profile: apply at as many --steps starts from it at no cost
+    inversion_steps: int = DEFAULT_SAMPLING_STEPS
     # the low-memory switches, on by default on an accelerator; the benchmark turns them off to compare
     gradient_checkpointing: bool | None = None
     offload_encoders: bool = True
@@ -62,6 +67,8 @@ class TrainConfig:
         _check(_positive_finite(self.embedding_lr), f"--embedding-lr must be > 0, got {self.embedding_lr}")
         _check(_positive_finite(self.lora_lr), f"--lora-lr must be > 0, got {self.lora_lr}")
         _check(1 <= self.rank <= MAX_RANK, f"--rank must be in [1, {MAX_RANK}], got {self.rank}")
+        _check(1 <= self.inversion_steps <= MAX_STEPS,
+               f"--inversion-steps must be in [1, {MAX_STEPS}], got {self.inversion_steps}")
         _check(1 <= self.samples_per_step <= MAX_SAMPLES,
                f"--samples-per-step must be in [1, {MAX_SAMPLES}], got {self.samples_per_step}")
         _check(_positive_finite(self.lora_alpha) and self.lora_alpha <= MAX_LORA_ALPHA,
@@ -93,7 +100,7 @@ class ApplyConfig:
     alphas: tuple[float, ...] = (1.0,)
     seeds: int = 1
     seed: int = 0
-    steps: int = 50
+    steps: int = DEFAULT_SAMPLING_STEPS
     guidance: float = 2.0
     negative_prompt: str = ""
     batch_size: int = 4

@@ -95,6 +95,11 @@ class ProfileMetadata:
     family: str | None = ABSENT  # in profiles made since SDXL support; None for the built-in models
     inversion: Inversion = ABSENT  # from format version 2
 
+    def trained_like(self, settings: Settings, inversion_steps: int, image_sha256: str) -> bool:
+        """Whether this profile was made from that image with those settings (the batch skip rule)."""
+        return (self.image_sha256 == image_sha256 and self.settings.same_training(settings)
+                and self.inversion is not ABSENT and self.inversion.steps == inversion_steps)
+
     def to_dict(self) -> dict:
         """The JSON object, keys sorted at every level, with the settings' keys at the top level as files hold them."""
         top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}

@@ -69,6 +69,24 @@ def test_the_stored_inversion_is_used_at_its_step_count_and_recomputed_at_anothe
     assert (pixels(seeds[0]) == pixels(seeds[1])).all()  # the seed is not used: the start is fixed
 
 
+def test_train_stores_the_inversion_at_the_steps_asked_and_apply_at_those_steps_uses_it(image_path, tmp_path,
+                                                                                      monkeypatch):
+    fast = ["--embedding-steps", 2, "--lora-steps", 2, "--model", "builtin:tiny"]
+    trained = run("train", "ball", image_path, "--prompt", "a red ball", *fast, "--inversion-steps", 3)
+    assert trained.exit_code == 0, trained.output
+    profile = ProfileStore().get("ball")
+    assert profile.inversion_steps == 3 and profile.metadata.inversion.steps == 3
+    calls = []
+    real_invert = api_module.invert
+    monkeypatch.setattr(api_module, "invert", lambda *a, **k: calls.append(a[3]) or real_invert(*a, **k))
+    applied = run("apply", "profile", "ball", "a blue ball", "--steps", 3, "--out", tmp_path)
+    assert applied.exit_code == 0, applied.output
+    assert calls == [] and started_from(applied.stdout.split()[0]) == "inversion"
+    refused = run("train", "other", image_path, "--prompt", "a red ball", *fast, "--inversion-steps", 0)
+    assert refused.exit_code == 1 and error_line(refused) == "Error: --inversion-steps must be in [1, 1000], got 0"
+    assert ProfileStore().names() == ["ball"]
+
+
 def test_several_seeds_from_an_inversion_are_refused(tmp_path, trained):
     path = tmp_path / "ball.safetensors"
     path.write_bytes(trained.to_bytes())

@@ -142,3 +142,14 @@ def test_the_format_files_are_real_profiles_of_their_version():
     """Guards the fixtures: version 2 holds latents, version 3 the pooled embeddings."""
     tensors = {version: set(load_tensors(path.read_bytes())) for version, path in FORMAT_FILES.items()}
     assert "start_latents" not in tensors[1] and "start_latents" in tensors[2] and "e_opt_pooled" in tensors[3]
+
+
+def test_the_batch_skip_rule_needs_the_image_the_settings_and_the_inversion_steps():
+    metadata = ProfileMetadata.from_dict(_metadata(2), 2)
+    settings, steps, image = metadata.settings, metadata.inversion.steps, metadata.image_sha256
+    assert metadata.trained_like(settings, steps, image)
+    assert not metadata.trained_like(settings, steps + 1, image)
+    assert not metadata.trained_like(settings, steps, "0" * 64)
+    assert not metadata.trained_like(dataclasses.replace(settings, resolution=128), steps, image)
+    old = ProfileMetadata.from_dict(_metadata(1), 1)  # no inversion: trained again
+    assert not old.trained_like(old.settings, steps, old.image_sha256)
