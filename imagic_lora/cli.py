@@ -263,7 +263,8 @@ def apply_options(func):
                      help="Sample from the DDIM inversion of the input stored in the profile (keeps the "
                      "photo's layout; deterministic, so one seed), or from seeded noise (--seeds gives variations)."),
         click.option("--keep/--no-keep", default=_default(ApplyConfig, "keep"), show_default=True,
-                     help="Put the photo's own pixels back wherever the edit barely changed them."),
+                     help="Put the photo's own pixels back wherever the edit barely changed them. Turn it off "
+                     "for edits of the whole picture (a tint, a style): it undoes those."),
         click.option("--keep-threshold", type=float, default=_default(ApplyConfig, "keep_threshold"),
                      show_default=True, help="How much (0-1 of full scale, on a blurred difference) a region "
                      "must change to count as edited; lower keeps less of the photo."),
@@ -515,6 +516,19 @@ def bench_edits(cases, split, classic_cases, cache, recompute_baselines, workers
     summary = run(config, Path(out))
     click.echo(tables(summary))
     click.echo(f"\nWrote {Path(out) / 'results.json'} and {Path(out) / 'contact-sheet.png'}")
+
+
+@bench.command(name="keep")
+@click.option("--keep-threshold", type=float, default=_default(ApplyConfig, "keep_threshold"), show_default=True)
+@click.option("--size", type=click.IntRange(64, 2048), default=512, show_default=True,
+              help="The photos' side in pixels.")
+@user_errors
+def bench_keep(keep_threshold, size) -> None:
+    """The keep step on real photos with simulated edits: how much of each edit it undoes (no model runs)."""
+    from .bench.photos import measure, table
+
+    ApplyConfig(keep_threshold=keep_threshold)  # the same bounds as apply
+    click.echo(table(measure(keep_threshold, size)))
 
 
 @bench.command(name="schedules")

@@ -216,3 +216,27 @@ def test_bench_edits_scores_the_same_in_worker_processes_as_in_one_process(tmp_p
     assert all(abs(a - b) < 1e-2 for a, b in psnr)  # 100 held-out cases: at most 0.002 dB apart
     assert {row["case"] for row in results[2]["rows"]} == {0, 1}
     assert results[2]["summary"]["timing"]["cases"] == 1
+
+
+def test_bench_keep_prints_the_share_restored_for_every_photo_and_edit():
+    from imagic_lora.bench.photos import PHOTOS, WHOLE_PICTURE_EDITS
+
+    result = run("bench", "keep", "--size", 128)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "| edit (share of pixels restored) | " + " | ".join(PHOTOS) + " |"
+    assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == [*WHOLE_PICTURE_EDITS, "pasted object"]
+    assert lines[-1].count("object whole") == len(PHOTOS)
+    refused = run("bench", "keep", "--keep-threshold", 2)
+    assert refused.exit_code == 1 and refused.stderr.strip().startswith("Error: --keep-threshold must be in (0, 1]")
+
+
+def test_the_restored_share_counts_pixels_moved_back_toward_the_photo():
+    from imagic_lora.bench.photos import WHOLE_PICTURE_EDITS, photo, restored_share
+
+    original = photo("coffee", 128)
+    edited = WHOLE_PICTURE_EDITS["darker x0.7"](original)
+    assert restored_share(edited, edited, original) == 0.0  # nothing kept: nothing restored
+    moved = np.abs(np.asarray(original, dtype=int) - np.asarray(edited, dtype=int)).max(-1) > 8
+    assert restored_share(original, edited, original) == pytest.approx(moved.mean())  # all put back
+    assert 0.3 < moved.mean() < 1  # the edit moved most pixels by more than the 8 levels counted
