@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import run
+from PIL import Image
 
 from imagic_lora.bench import edits
 from imagic_lora.bench.cases import EDIT_TYPES, make_cases, score
-from imagic_lora.bench.report import summarize, tables
+from imagic_lora.bench.report import IDEAL, summarize, tables
 from imagic_lora.config import ApplyConfig
 from imagic_lora.shapes.world import ATTRIBUTES
 
@@ -162,10 +163,13 @@ def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once
     variants = {(r["method"], r.get("variant"), r.get("alpha"), r.get("strength")) for r in results["rows"]}
     assert {("imagic-lora", "defaults", 1.0, None), ("imagic-lora", "defaults, nothing kept", 0.0, None),
             ("sdedit", None, None, 0.5), ("sdedit + keep", None, None, 0.7),
-            ("text-to-image", None, None, None)} <= variants
+            ("text-to-image", None, None, None), ("imagic-lora", "defaults, guidance 7.5", 1.0, None),
+            ("ideal target", "as is", None, None), ("ideal target", "through the keep step", None, None)} <= variants
+    assert all("seam" in r for r in results["rows"] if r.get("variant", "").startswith("defaults") and
+               "guidance" not in r["variant"])
     assert (tmp_path / "first" / "contact-sheet.png").is_file()
     assert first["ceiling"] == {"cases": 1, "input_preserved": 100.0}, "case 0's round trip keeps the scene"
-    baselines = [r for r in results["rows"] if r["method"] != "imagic-lora"]
+    baselines = [r for r in results["rows"] if r["method"] not in ("imagic-lora", IDEAL)]
     assert len(baselines) == 5 and not any(r["method"] == edits.CLASSIC_METHOD for r in baselines)
 
     # a rerun takes the baselines from the cache; asking for classic Imagic computes only that
@@ -178,7 +182,7 @@ def test_bench_edits_runs_a_case_end_to_end_and_computes_each_baseline_only_once
     monkeypatch.setattr(edits, "classic_rows", lambda base, case, latents: [dict(classic)])
     edits.run(replace(config, classic_cases=1), tmp_path / "second", progress=False)
     again = json.loads((tmp_path / "second" / "results.json").read_text())["rows"]
-    rerun = [r for r in again if r["method"] not in ("imagic-lora", edits.CLASSIC_METHOD)]
+    rerun = [r for r in again if r["method"] not in ("imagic-lora", edits.CLASSIC_METHOD, IDEAL)]
     assert _rows_without_seconds(rerun) == _rows_without_seconds(baselines)
     assert [r["alpha"] for r in again if r["method"] == edits.CLASSIC_METHOD] == [0.7]
     assert sum(len(case["rows"]) for case in json.loads(cache.read_text()).popitem()[1].values()) == 6
@@ -240,3 +244,16 @@ def test_the_restored_share_counts_pixels_moved_back_toward_the_photo():
     moved = np.abs(np.asarray(original, dtype=int) - np.asarray(edited, dtype=int)).max(-1) > 8
     assert restored_share(original, edited, original) == pytest.approx(moved.mean())  # all put back
     assert 0.3 < moved.mean() < 1  # the edit moved most pixels by more than the 8 levels counted
+
+
+def test_the_seam_error_is_zero_for_the_truth_and_counts_only_the_band_around_the_edit():
+    case = next(c for c in make_cases(20, seed=0) if c.edit == "colour")
+    truth, original = case.ground_truth(), case.input_image()
+    assert edits.seam_error(truth, case) == 0.0
+    changed = np.abs(np.asarray(truth, dtype=int) - np.asarray(original, dtype=int)).max(-1) > 20
+    far = np.asarray(truth).copy()
+    far[~changed] = 255 - far[~changed]  # everything outside the edit changed...
+    inside = np.asarray(truth).copy()
+    inside[changed] = 0  # ...or only the edited region itself
+    assert edits.seam_error(Image.fromarray(far), case) > 100  # the band lies outside the edit
+    assert edits.seam_error(Image.fromarray(inside), case) == 0.0

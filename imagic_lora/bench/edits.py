@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
@@ -44,7 +45,8 @@ from ..method import (
 from ..models import BaseModel, load_model
 from ..shapes.model import SHAPES_MODEL
 from .cases import EDIT_TYPES, Case, make_cases, score
-from .report import summarize
+from .ceiling import round_trip
+from .report import IDEAL, STRONG_GUIDANCE, summarize
 
 SPLITS = {"tuning": 0, "held-out": 1}  # the seed of make_cases for each split
 # classic Imagic's stage 1 as the community SD pipeline runs it, whatever imagic-lora's defaults become
@@ -192,14 +194,38 @@ def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.T
         curve = replace(defaults, alphas=config.alphas, keep=False, batch_size=len(config.alphas))
         for row, image in imagic_rows("imagic-lora", base, e_opt, case, curve, seconds, start):
             kept = keep_unchanged(image, photo, defaults.keep_threshold) if defaults.keep else image
-            rows.append(row | {"variant": "defaults", **score(kept, case)})
-            rows.append(row | {"variant": "defaults, nothing kept"})
+            rows.append(row | {"variant": "defaults", **score(kept, case), "seam": seam_error(kept, case)})
+            rows.append(row | {"variant": "defaults, nothing kept", "seam": seam_error(image, case)})
             shown[row["alpha"]] = kept
+        strong = replace(defaults, alphas=(config.default_alpha,), guidance=STRONG_GUIDANCE)
+        rows += [row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}"}
+                 for row, _ in imagic_rows("imagic-lora", base, e_opt, case, strong, seconds, start, photo)]
         if case.index < config.ablation_cases:
             rows += _ablations(base, e_opt, case, defaults, seconds, inversion, photo)
         if case.index < config.timed_cases:
             timing = _timing(base, e_opt, case, defaults, latents, inversion)
-    return rows, [shown.get(config.default_alpha), shown.get(0.0)], timing
+    return rows + ideal_rows(base, case, photo, defaults), [shown.get(config.default_alpha), shown.get(0.0)], timing
+
+
+def ideal_rows(base: BaseModel, case: Case, photo: Image.Image, defaults: ApplyConfig) -> list[dict]:
+    """The ground truth as the model sees it (its VAE round trip), as it is and through the keep step: the
+    keep step's ceiling, which an edit that is exactly right still loses where the keep step undoes it."""
+    truth = round_trip(base.pipe.vae, case.ground_truth())
+    kept = keep_unchanged(truth, photo, defaults.keep_threshold)
+    return [{"method": IDEAL, "variant": variant, "train_seconds": 0.0, **score(image, case),
+             "seam": seam_error(image, case)} for variant, image in (("as is", truth), ("through the keep step", kept))]
+
+
+def seam_error(image: Image.Image, case: Case) -> float:
+    """The mean largest-channel difference (levels) to the ground truth in a band 1-4 px around what the edit
+    changed (where the truth differs from the input by more than 20 levels): a seam left by compositing."""
+    truth = np.asarray(case.ground_truth().convert("RGB"), dtype=np.int16)
+    edited = np.abs(truth - np.asarray(case.input_image().convert("RGB"), dtype=np.int16)).max(-1) > 20
+    grown = torch.nn.functional.max_pool2d(torch.from_numpy(edited).float()[None, None], 9, stride=1, padding=4)
+    band = (grown[0, 0].numpy() > 0) & ~edited
+    if not band.any():
+        return 0.0
+    return float(np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - truth).max(-1)[band].mean())
 
 
 def _ablations(base, e_opt, case, defaults: ApplyConfig, seconds, inversion, photo) -> list[dict]:
