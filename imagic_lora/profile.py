@@ -134,8 +134,7 @@ class Profile:
         """Parse and validate profile bytes; anything unexpected raises :class:`InvalidProfileFile`."""
         header = read_header(data, source)
         version = int(header["format_version"])
-        text = parse_json(header.get("profile"), f"{source} has unreadable profile metadata (not JSON)")
-        metadata = ProfileMetadata.from_dict(text, version, source)
+        metadata = ProfileMetadata.from_header(header, source)
         try:
             tensors = load_tensors(data)
         except (SafetensorError, ValueError, RuntimeError) as ex:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import InvalidProfileFile
 from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MAX_STEPS, MIN_RESOLUTION, RESOLUTION_STEP
+from .validate import parse_json
 
 
 class _Absent:
@@ -105,6 +106,12 @@ class ProfileMetadata:
         top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
         settings = {f.name: getattr(self.settings, f.name) for f in fields(self.settings)}
         return _plain_dict(top | settings)
+
+    @classmethod
+    def from_header(cls, header: dict, source: str = "profile file") -> ProfileMetadata:
+        """Read the metadata of a profile file's checked header (:func:`validate.read_header`)."""
+        text = parse_json(header.get("profile"), f"{source} has unreadable profile metadata (not JSON)")
+        return cls.from_dict(text, int(header["format_version"]), source)
 
     @classmethod
     def from_dict(cls, data: Any, version: int, source: str = "profile file") -> ProfileMetadata:

@@ -179,9 +179,7 @@ class ProfileStore:
         with self.transaction():
             source = f"stored profile {old!r}"
             data = with_name(self.get_bytes(old), new, source)
-            header = read_header(data, source)
-            text = parse_json(header.get("profile"), f"{source} has unreadable metadata")
-            metadata = ProfileMetadata.from_dict(text, int(header["format_version"]), source)
+            metadata = ProfileMetadata.from_header(read_header(data, source), source)
             self.ensure_free(new)
             self._delete(old)
             self._insert(_row(new, metadata, data), data)
