@@ -23,22 +23,26 @@ from .lora import TARGET_MODULES, fused_lora
 from .method import (
     decode_latents,
     encode_image,
+    encode_negative,
     encode_prompt,
     encoders_offloaded,
     finetune_lora,
     generate,
-    invert,
+    invert_edit_friendly,
+    inverted_start,
     optimize_embedding,
 )
 from .models import BaseModel, load_model
+from .noise_maps import DDIM, Start
 from .outputs import OutputNames, write_outputs
 from .paths import user_dir
 from .profile import Profile, check_name
-from .record import ABSENT, Inversion, LoraSettings, Losses, ProfileMetadata, Settings, TrainingSettings
+from .record import ABSENT, EDIT_FRIENDLY, Inversion, LoraSettings, Losses, ProfileMetadata, Settings, TrainingSettings
 from .store import ProfileStore
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
 
+INVERSION_NEGATIVE_PROMPT = ApplyConfig().negative_prompt  # what the stored inversion is exact for
 SAMPLE_RTOL = 2e-2
 SAMPLE_ATOL = 1e-3
 T = TypeVar("T")
@@ -90,6 +94,7 @@ def make_profile(
     warn_truncated(base, prompt, "--prompt", warn)
     latents = encode_image(base, to_tensor(fitted))
     source = encode_prompt(base, prompt)
+    negative = encode_negative(base, INVERSION_NEGATIVE_PROMPT)
     base_sample, fingerprint = base.weight_sample(), base.fingerprint()
 
     # 2. the two Imagic stages, with the encoders off the accelerator
@@ -97,9 +102,10 @@ def make_profile(
     with encoders_offloaded(base, config.offload_encoders):
         e_opt, stage1 = optimize_embedding(base, latents, source, config, generator, progress)
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
-        # 3. the input's DDIM inversion under what was learnt: it does not depend on any edit prompt
+        # 3. the input's edit-friendly inversion under what was learnt: it does not depend on any edit prompt
         with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
-            start = invert(base, latents, e_opt, config.inversion_steps, progress)
+            start = invert_edit_friendly(base, latents, e_opt, negative, config.inversion_steps,
+                                         config.inversion_guidance, config.seed, progress)
 
     # 4. the profile, with everything needed to apply, check and reproduce it
     metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
@@ -107,7 +113,8 @@ def make_profile(
     profile = Profile(
         name=name, e_opt=e_opt.embeds, source_embedding=source.embeds, lora=lora,
         thumbnail=thumbnail(fitted), base_sample=base_sample, metadata=metadata,
-        image_latents=latents.cpu(), start_latents=start, e_opt_pooled=e_opt.pooled, source_pooled=source.pooled,
+        image_latents=latents.cpu(), start_latents=start.latents, noise_maps=start.noise_maps,
+        e_opt_pooled=e_opt.pooled, source_pooled=source.pooled,
     )
     return profile.stamped()
 
@@ -162,11 +169,17 @@ def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> 
         family=base.published_family.name if base.published_family else None,
         settings=training_settings(base, fingerprint, config),
         losses=Losses(embedding=loss1, lora=loss2),
-        inversion=Inversion(steps=config.inversion_steps, scheduler="DDIMInverseScheduler", guidance=1.0),
+        inversion=stored_inversion(config),
         image_sha256=image_sha256,
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         library_version=__version__,
     )
+
+
+def stored_inversion(config: TrainConfig) -> Inversion:
+    """The record of the inversion ``train`` stores with ``config``."""
+    return Inversion(steps=config.inversion_steps, scheduler="DDIMScheduler", guidance=config.inversion_guidance,
+                     method=EDIT_FRIENDLY, negative_prompt=INVERSION_NEGATIVE_PROMPT)
 
 
 def check_text(text: str, what: str) -> None:
@@ -276,12 +289,12 @@ def apply_prompts(
     several = len(prompts) > 1
     photo = photo_to_keep(profile, base, config, warn)
     with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
-        start = start_latents(profile, base, config, progress, warn)
+        start = sampling_start(profile, base, config, progress, warn)
         for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not (progress and several),
                            dynamic_ncols=True):
             results = generate(base, profile.condition, prompt, config, profile.resolution, progress,
                                start, photo)
-            used = {"start": "noise" if start is None else "inversion",
+            used = {"start": "noise" if start is None else config.start,
                     "keep": config.keep_threshold if photo is not None else "off"}
             stem = names.prompt_stem(profile.name, prompt)
             new = write_outputs(profile, prompt, base, config, results, out, stem, used, names)
@@ -308,24 +321,40 @@ def photo_to_keep(profile: Profile, base: BaseModel, config: ApplyConfig,
     return decode_latents(base, profile.image_latents)
 
 
-def start_latents(profile: Profile, base: BaseModel, config: ApplyConfig, progress: bool = True,
-                  warn: Callable[[str], None] | None = None) -> torch.Tensor | None:
+def sampling_start(profile: Profile, base: BaseModel, config: ApplyConfig, progress: bool = True,
+                   warn: Callable[[str], None] | None = None) -> Start | None:
     """Where sampling starts (None: seeded noise). Call with the adapter fused.
 
-    The stored inversion is used when it was made with the sampling's step count; otherwise the
-    input's latents are inverted again (one pass). A version 1 profile holds neither: noise, said so.
+    The stored inversion is used when it is the kind ``config.start`` asks for and was made for the sampling's
+    steps (and, for the edit-friendly one, its guidance and negative prompt); otherwise the input's latents are
+    inverted again for them (one pass). A version 1 profile holds neither: noise, said so.
     """
     if config.start == "noise":
         return None
-    if profile.start_latents is None:
+    if profile.start is None:
         if warn:
             kept = ", and keeping nothing of it back" if config.keep else ""
             warn(f"profile {profile.name!r} (format version 1) holds no inversion of its image; starting from "
                  f"noise{kept}. Try: training it again with this version")
         return None
-    if profile.inversion_steps == config.steps:
-        return profile.start_latents
-    return invert(base, profile.image_latents, profile.condition, config.steps, progress)
+    if stored_start_serves(profile, config):
+        return profile.start
+    if config.start == "inversion" and profile.start.method == DDIM and warn:
+        warn(f"profile {profile.name!r} (format version {profile.format_version}) holds a DDIM inversion, which "
+             "gives the photo back only at low guidance; computing its edit-friendly inversion for this run (one "
+             "more pass). Try: training it again with this version, or --start ddim")
+    return inverted_start(base, profile.image_latents, profile.condition, config, progress)
+
+
+def stored_start_serves(profile: Profile, config: ApplyConfig) -> bool:
+    """Whether the profile's stored inversion is the one ``config`` samples from."""
+    inversion = profile.metadata.inversion
+    if inversion.steps != config.steps:
+        return False
+    if config.start == "ddim":
+        return profile.start.method == DDIM
+    return (profile.start.method == EDIT_FRIENDLY and inversion.guidance == config.guidance
+            and inversion.negative_prompt == config.negative_prompt)
 
 
 def read_prompts(path: str | Path) -> list[str]:

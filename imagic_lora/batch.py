@@ -291,7 +291,7 @@ def _row_line(row: BatchRow, result: RowResult) -> str:
 
 def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], Settings]) -> tuple[str, str]:
     """(status, reason): the row trained and saved, or skipped as already done."""
-    from .api import make_profile
+    from .api import make_profile, stored_inversion
     from .images import file_sha256, load_image
 
     if row.problem:
@@ -307,7 +307,7 @@ def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], 
             return FAILED, f"{ex}; it was left alone. Try: --replace to overwrite it, or moving it away"
         existing, occupied = None, True
     if existing is not None:
-        if existing.trained_like(expected(), job.config.inversion_steps, image_sha256):
+        if existing.trained_like(expected(), stored_inversion(job.config), image_sha256):
             return SKIPPED, "already trained from this image with these settings"
         if not job.replace:
             return FAILED, (f"profile {row.name!r} exists, made from another image or with other settings. "

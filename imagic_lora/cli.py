@@ -135,8 +135,12 @@ def training_options(func):
         click.option("--samples-per-step", type=int, default=_default(TrainConfig, "samples_per_step"),
                      show_default=True, help="Noise samples (timesteps) batched into each training step."),
         click.option("--inversion-steps", type=int, default=_default(TrainConfig, "inversion_steps"),
-                     show_default=True, help="DDIM steps of the photo's inversion kept in the profile: apply with "
-                     "as many --steps starts from it at no cost; other step counts invert again."),
+                     show_default=True, help="Sampling steps of the photo's edit-friendly inversion kept in the "
+                     "profile: apply with as many --steps starts from it at no cost; other step counts invert "
+                     "again."),
+        click.option("--inversion-guidance", type=float, default=_default(TrainConfig, "inversion_guidance"),
+                     show_default=True, help="The guidance the kept inversion is made for: apply at this "
+                     "--guidance starts from it at no cost; another guidance inverts again."),
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
                      help="Recompute UNet activations in backward to save memory [default: on for GPUs]."),
         click.option("--offload-encoders/--no-offload-encoders", default=True, show_default=True,
@@ -260,8 +264,10 @@ def apply_options(func):
         click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt"),
                      help="What to steer away from."),
         click.option("--start", type=click.Choice(STARTS), default=_default(ApplyConfig, "start"), show_default=True,
-                     help="Sample from the DDIM inversion of the input stored in the profile (keeps the "
-                     "photo's layout; deterministic, so one seed), or from seeded noise (--seeds gives variations)."),
+                     help="Sample from the photo's edit-friendly inversion stored in the profile (gives the "
+                     "photo back at alpha 0 at any guidance; deterministic, so one seed), from its DDIM inversion "
+                     "(what profiles before format version 4 store; exact only at low guidance), or from seeded "
+                     "noise (--seeds gives variations)."),
         click.option("--keep/--no-keep", default=_default(ApplyConfig, "keep"), show_default=True,
                      help="Put the photo's own pixels back wherever the edit barely changed them. Turn it off "
                      "for edits of the whole picture (a tint, a style): it undoes those."),

@@ -18,7 +18,7 @@ from .limits import (
 )
 
 OPTIMIZERS = ("adamw8bit", "adamw")
-STARTS = ("noise", "inversion")
+STARTS = ("noise", "inversion", "ddim")
 FITS = ("crop", "pad")
 
 
@@ -32,6 +32,7 @@ def _positive_finite(value: float) -> bool:
 
 
 DEFAULT_SAMPLING_STEPS = 50
+DEFAULT_GUIDANCE = 2.0
 
 
 @dataclass
@@ -55,8 +56,9 @@ class TrainConfig:
     fit: str = "crop"
     seed: int = 0
     samples_per_step: int = 1
-    # the DDIM steps of the inversion stored in the profile: apply at as many --steps starts from it at no cost
+    # the inversion stored in the profile: apply with as many --steps at this --guidance starts from it at no cost
     inversion_steps: int = DEFAULT_SAMPLING_STEPS
+    inversion_guidance: float = DEFAULT_GUIDANCE
     # the low-memory switches, on by default on an accelerator; the benchmark turns them off to compare
     gradient_checkpointing: bool | None = None
     offload_encoders: bool = True
@@ -69,6 +71,8 @@ class TrainConfig:
         _check(1 <= self.rank <= MAX_RANK, f"--rank must be in [1, {MAX_RANK}], got {self.rank}")
         _check(1 <= self.inversion_steps <= MAX_STEPS,
                f"--inversion-steps must be in [1, {MAX_STEPS}], got {self.inversion_steps}")
+        _check(math.isfinite(self.inversion_guidance) and self.inversion_guidance >= 0,
+               f"--inversion-guidance must be >= 0, got {self.inversion_guidance}")
         _check(1 <= self.samples_per_step <= MAX_SAMPLES,
                f"--samples-per-step must be in [1, {MAX_SAMPLES}], got {self.samples_per_step}")
         _check(_positive_finite(self.lora_alpha) and self.lora_alpha <= MAX_LORA_ALPHA,
@@ -93,7 +97,7 @@ class ApplyConfig:
     """Settings of Imagic's interpolation and generation step (paper section 3, step C).
 
     Defaults chosen by ``imagic-lora bench edits`` on its tuning split (48 shapes cases), then measured on
-    the held-out split (README, Performance): start from the stored DDIM inversion, α 1.0, guidance 2,
+    the held-out split (README, Performance): start from the stored inversion, α 1.0, guidance 2,
     keep the photo's pixels where the edit changed them by less than 0.25.
     """
 
@@ -101,11 +105,12 @@ class ApplyConfig:
     seeds: int = 1
     seed: int = 0
     steps: int = DEFAULT_SAMPLING_STEPS
-    guidance: float = 2.0
+    guidance: float = DEFAULT_GUIDANCE
     negative_prompt: str = ""
     batch_size: int = 4
     grid: bool = True
-    # where sampling starts: seeded noise, or the DDIM inversion of the input kept in the profile
+    # where sampling starts: seeded noise, the photo's edit-friendly inversion (kept in the profile), or its
+    # DDIM inversion (which profiles before format version 4 keep)
     start: str = "inversion"
     # put the photo's pixels back where the edit changed them by less than keep_threshold (0-1)
     keep: bool = True

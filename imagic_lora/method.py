@@ -23,6 +23,7 @@ from .errors import InvalidConfig, TrainingDiverged
 from .keep import keep_unchanged
 from .lora import add_lora, lora_state_dict, remove_lora
 from .models import BaseModel
+from .noise_maps import NoiseMapScheduler, Start, sampling_with
 
 
 @dataclass
@@ -265,9 +266,10 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
 
 @torch.no_grad()
 def invert(base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int,
-           progress: bool = True) -> torch.Tensor:
+           progress: bool = True) -> Start:
     """DDIM inversion of ``latents`` under ``e_opt`` without guidance: the start that deterministic DDIM
-    sampling with ``steps`` steps takes back to the image. Fuse the adapter first, as for sampling.
+    sampling with ``steps`` steps takes back to the image at low guidance. Fuse the adapter first, as for
+    sampling.
 
     The scheduler is diffusers' ``DDIMInverseScheduler`` built from the model's own scheduler config.
     """
@@ -281,7 +283,61 @@ def invert(base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int,
         for t in tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None, dynamic_ncols=True):
             prediction = predict(base, x, t, condition)
             x = scheduler.step(prediction, t, x).prev_sample
-    return x.float().cpu()
+    return Start(x.float().cpu())
+
+
+def guided_prediction(base: BaseModel, latents: torch.Tensor, t, condition: Condition, negative: Condition,
+                      guidance: float) -> torch.Tensor:
+    """The prediction the pipeline samples with: classifier-free guidance above 1, the condition alone else."""
+    if guidance <= 1:
+        return predict(base, latents, t, condition)
+    both = predict(base, torch.cat([latents, latents]), t, concat([negative, condition]))
+    unconditional, conditional = both.chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+@torch.no_grad()
+def invert_edit_friendly(
+    base: BaseModel, latents: torch.Tensor, e_opt: Condition, negative: Condition, steps: int, guidance: float,
+    seed: int = 0, progress: bool = True,
+) -> Start:
+    """The edit-friendly DDPM inversion of ``latents`` under ``e_opt`` at ``guidance`` (negative: ``negative``):
+    a start and one noise map per step with which the pipeline, sampling ``steps`` steps at that guidance from
+    ``e_opt``, gives ``latents`` back. Fuse the adapter first, as for sampling.
+
+    The photo is noised independently to every timestep (noise drawn from ``seed``); each map is what the
+    sampler's mean step misses of the next one. Maps are rounded to fp16, as stored, before the next step, so
+    sampling with the stored maps follows this very path.
+    """
+    scheduler = NoiseMapScheduler.from_config(base.pipe.scheduler.config)
+    scheduler.set_timesteps(steps, device=base.device)
+    x0 = latents.to(base.device, base.dtype)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noised = [scheduler.add_noise(x0, torch.randn(x0.shape, generator=generator).to(x0), t.reshape(1))
+              for t in scheduler.timesteps]
+    condition, negative = (c.map(lambda tensor: tensor.to(base.device, base.dtype)) for c in (e_opt, negative))
+    x, maps = noised[0].half().to(x0.dtype), []  # the start as stored
+    with _autocast(base):
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None,
+                                   dynamic_ncols=True)):
+            target = noised[i + 1] if i + 1 < len(noised) else x0
+            mean = scheduler.mean_step(guided_prediction(base, x, t, condition, negative, guidance), t, x)
+            noise = (target - mean).half()
+            x = mean + noise.to(mean.dtype)
+            maps.append(noise)
+    return Start(noised[0].half().float().cpu(), torch.cat(maps).float().cpu())
+
+
+def inverted_start(base: BaseModel, latents: torch.Tensor, e_opt: Condition, config: ApplyConfig,
+                   progress: bool = True) -> Start | None:
+    """The start ``config.start`` names, computed from the photo's ``latents`` for ``config``'s steps, guidance
+    and negative prompt (None: seeded noise). Fuse the adapter first."""
+    if config.start == "noise":
+        return None
+    if config.start == "ddim":
+        return invert(base, latents, e_opt, config.steps, progress)
+    negative = encode_negative(base, config.negative_prompt)
+    return invert_edit_friendly(base, latents, e_opt, negative, config.steps, config.guidance, progress=progress)
 
 
 @torch.no_grad()
@@ -295,14 +351,15 @@ def decode_latents(base: BaseModel, latents: torch.Tensor) -> Image.Image:
 @torch.no_grad()
 def generate(
     base: BaseModel, e_opt: Condition, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True,
-    start: torch.Tensor | None = None, photo: Image.Image | None = None,
+    start: Start | None = None, photo: Image.Image | None = None,
 ) -> list[tuple[float, int, Image.Image]]:
     """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds`` (SDXL: and
     ``pooled_prompt_embeds``).
 
     Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it. Sampling
-    starts from seeded noise, or from ``start`` (the input's inversion) when given. With ``photo`` (the
-    input as the model sees it) and ``config.keep``, its pixels are put back where the edit left it alone.
+    starts from seeded noise, or from ``start`` (the input's inversion, with its noise maps) when given. With
+    ``photo`` (the input as the model sees it) and ``config.keep``, its pixels are put back where the edit left
+    it alone.
     """
     e_new = encode_prompt(base, prompt)
     negative = encode_negative(base, config.negative_prompt)
@@ -313,15 +370,17 @@ def generate(
     for first in range(0, len(jobs), config.batch_size):
         batch = jobs[first : first + config.batch_size]
         condition = concat([interpolate(e_new, e_opt, alpha) for alpha, _ in batch])
-        images = base.pipe(
-            **pipeline_conditioning(base, condition, negative.expand(len(batch))),
-            num_inference_steps=config.steps,
-            guidance_scale=config.guidance,
-            generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
-            latents=None if start is None else start.to(base.device, base.dtype).expand(len(batch), -1, -1, -1),
-            height=resolution,
-            width=resolution,
-        ).images
+        latents = None if start is None else start.latents.to(base.device, base.dtype).expand(len(batch), -1, -1, -1)
+        with sampling_with(base.pipe, start):
+            images = base.pipe(
+                **pipeline_conditioning(base, condition, negative.expand(len(batch))),
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance,
+                generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
+                latents=latents,
+                height=resolution,
+                width=resolution,
+            ).images
         if photo is not None and config.keep:
             images = [keep_unchanged(image, photo, config.keep_threshold) for image in images]
         results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images, strict=True)]

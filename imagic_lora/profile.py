@@ -4,7 +4,8 @@ Tensors: ``e_opt`` (fp32), ``source_embedding`` (fp16), ``thumbnail`` (uint8),
 ``base_sample`` (fp16) and the LoRA weights under ``unet.*`` in diffusers naming (fp16); from format
 version 2 also ``image_latents`` (the VAE latents trained on) and ``start_latents`` (their DDIM
 inversion under e_opt and the adapter), both fp16; from format version 3 (SDXL profiles) also
-``e_opt_pooled`` (fp32) and ``source_pooled`` (fp16), the pooled embeddings of SDXL's second text encoder.
+``e_opt_pooled`` (fp32) and ``source_pooled`` (fp16), the pooled embeddings of SDXL's second text encoder;
+from format version 4 also ``noise_maps`` (fp16), which make ``start_latents`` the edit-friendly inversion.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from .conditioning import Condition
 from .errors import InvalidProfileFile
 from .families import Family, family_for
 from .limits import MAX_RESOLUTION
-from .record import ProfileMetadata
+from .noise_maps import Start
+from .record import ABSENT, EDIT_FRIENDLY, ProfileMetadata
 from .validate import (
     CHECKSUM_KEY,
     FORMAT,
     FORMAT_VERSION,
     MAX_FILE_BYTES,
+    NOISE_MAPS_FORMAT_VERSION,
     XL_FORMAT_VERSION,
     check_name,
     data_section,
@@ -44,7 +47,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TOKENS, MAX_DIM, MAX_LORA_DIM = 1024, 8192, 65536
 FIXED_TENSORS = ("e_opt", "source_embedding", "thumbnail", "base_sample")
 LATENT_TENSORS = ("image_latents", "start_latents")  # format version 2
-POOLED_TENSORS = ("e_opt_pooled", "source_pooled")  # format version 3
+POOLED_TENSORS = ("e_opt_pooled", "source_pooled")  # format version 3, and 4 for SDXL
+NOISE_MAPS = "noise_maps"  # format version 4
 MAX_LATENT_CHANNELS, MAX_LATENT_SIDE = 64, MAX_RESOLUTION // 4
 
 
@@ -63,6 +67,7 @@ class Profile:
     start_latents: torch.Tensor | None = None
     e_opt_pooled: torch.Tensor | None = None  # SDXL only
     source_pooled: torch.Tensor | None = None
+    noise_maps: torch.Tensor | None = None  # format version 4: start_latents is the edit-friendly inversion
 
     @property
     def family(self) -> Family:
@@ -71,8 +76,11 @@ class Profile:
 
     @property
     def format_version(self) -> int:
-        """The one place the format version is decided: 1 without latents, else the family's version."""
-        return 1 if self.start_latents is None else self.family.profile_format_version
+        """The one place the format version is decided: 1 without latents, 4 with noise maps, else the
+        family's version (2, or 3 for SDXL)."""
+        if self.start_latents is None:
+            return 1
+        return NOISE_MAPS_FORMAT_VERSION if self.noise_maps is not None else self.family.profile_format_version
 
     @property
     def condition(self) -> Condition:
@@ -80,9 +88,9 @@ class Profile:
         return Condition(self.e_opt, self.e_opt_pooled)
 
     @property
-    def inversion_steps(self) -> int | None:
-        """The DDIM steps ``start_latents`` was inverted with (None for a version 1 profile)."""
-        return None if self.start_latents is None else self.metadata.inversion.steps
+    def start(self) -> Start | None:
+        """The stored inversion of the photo (None for a version 1 profile); ``metadata.inversion`` says how."""
+        return None if self.start_latents is None else Start(self.start_latents, self.noise_maps)
 
     @property
     def rank(self) -> int:
@@ -119,6 +127,8 @@ class Profile:
         if self.e_opt_pooled is not None:
             tensors["e_opt_pooled"] = self.e_opt_pooled.float().contiguous()
             tensors["source_pooled"] = self.source_pooled.half().contiguous()
+        if self.noise_maps is not None:
+            tensors[NOISE_MAPS] = self.noise_maps.half().contiguous()
         header = {
             "format": FORMAT,
             "format_version": str(self.format_version),
@@ -141,7 +151,8 @@ class Profile:
             raise InvalidProfileFile(f"{source} is not a valid safetensors file: {ex}") from None
         _check_tensors(tensors, metadata, version, source)
         lora = {k: v.float() for k, v in tensors.items() if k.startswith("unet.")}
-        latents = {k: tensors[k].float() if k in tensors else None for k in LATENT_TENSORS + POOLED_TENSORS}
+        latents = {k: tensors[k].float() if k in tensors else None
+                   for k in (*LATENT_TENSORS, *POOLED_TENSORS, NOISE_MAPS)}
         return cls(
             name=check_name(header["name"]),
             e_opt=tensors["e_opt"].float(),
@@ -158,7 +169,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: ProfileMetadata, 
     def fail(what: str) -> None:
         raise InvalidProfileFile(f"{source}: {what}")
 
-    expected = FIXED_TENSORS + (LATENT_TENSORS if version >= 2 else ()) + (POOLED_TENSORS if version >= 3 else ())
+    expected = _expected_tensors(tensors, version)
     for key in expected:
         if key not in tensors:
             fail(f"missing tensor {key!r}")
@@ -185,11 +196,30 @@ def _check_tensors(tensors: dict[str, torch.Tensor], metadata: ProfileMetadata, 
     _check_lora_shapes({k: tensors[k] for k in lora_keys}, metadata.settings.lora.rank, fail)
     if version >= 2:
         _check_latent_shapes(tensors["image_latents"], tensors["start_latents"], fail)
-    if version >= 3:
+    if POOLED_TENSORS[0] in expected:
         _check_pooled_shapes(tensors["e_opt_pooled"], tensors["source_pooled"], fail)
+    if version >= NOISE_MAPS_FORMAT_VERSION:
+        _check_noise_maps(tensors[NOISE_MAPS], tensors["start_latents"], metadata.inversion, fail)
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             fail(f"tensor {key[:120]!r} holds NaN or infinite values")
+
+
+def _expected_tensors(tensors: dict[str, torch.Tensor], version: int) -> tuple[str, ...]:
+    """The tensors a file of ``version`` holds besides its LoRA weights; in version 4 the pooled ones are
+    there for SDXL (either of them present means both must be)."""
+    pooled = version == 3 or (version >= NOISE_MAPS_FORMAT_VERSION and any(key in tensors for key in POOLED_TENSORS))
+    return (FIXED_TENSORS + (LATENT_TENSORS if version >= 2 else ()) + (POOLED_TENSORS if pooled else ())
+            + ((NOISE_MAPS,) if version >= NOISE_MAPS_FORMAT_VERSION else ()))
+
+
+def _check_noise_maps(maps: torch.Tensor, start: torch.Tensor, inversion, fail) -> None:
+    if inversion.method != EDIT_FRIENDLY or inversion.negative_prompt is ABSENT:
+        fail(f"metadata does not describe the {EDIT_FRIENDLY} inversion its noise maps belong to")
+    steps = inversion.steps
+    if maps.dim() != 4 or tuple(maps.shape) != (steps, *start.shape[1:]):
+        fail(f"noise maps of shape {tuple(maps.shape)} are not one [channels, height, width] map like the "
+             f"latents' for each of the inversion's {steps} steps")
 
 
 def _check_lora_shapes(lora: dict[str, torch.Tensor], rank: int, fail) -> None:

@@ -74,16 +74,23 @@ class Losses:
     lora: float | None
 
 
+EDIT_FRIENDLY = "edit-friendly DDPM"  # Inversion.method of noise maps (format version 4); absent: DDIM
+
+
 @dataclass(frozen=True)
 class Inversion:
+    """How the stored start was made: sampling with these settings from e_opt gives the photo back."""
+
     steps: int
     scheduler: str
     guidance: float
+    method: str = ABSENT  # from format version 4: EDIT_FRIENDLY; absent in DDIM inversions
+    negative_prompt: str = ABSENT  # from format version 4: the unconditional side of its guidance
 
 
 @dataclass(frozen=True)
 class ProfileMetadata:
-    """The ``profile`` JSON of a profile file (format versions 1, 2 and 3)."""
+    """The ``profile`` JSON of a profile file (format versions 1 to 4)."""
 
     source_prompt: str
     base_model: str
@@ -96,10 +103,10 @@ class ProfileMetadata:
     family: str | None = ABSENT  # in profiles made since SDXL support; None for the built-in models
     inversion: Inversion = ABSENT  # from format version 2
 
-    def trained_like(self, settings: Settings, inversion_steps: int, image_sha256: str) -> bool:
+    def trained_like(self, settings: Settings, inversion: Inversion, image_sha256: str) -> bool:
         """Whether this profile was made from that image with those settings (the batch skip rule)."""
         return (self.image_sha256 == image_sha256 and self.settings.same_training(settings)
-                and self.inversion is not ABSENT and self.inversion.steps == inversion_steps)
+                and self.inversion == inversion)
 
     def to_dict(self) -> dict:
         """The JSON object, keys sorted at every level, with the settings' keys at the top level as files hold them."""

@@ -1,17 +1,23 @@
-"""Format version 2: the input's latents and their DDIM inversion travel in the profile; apply can start there."""
+"""The input's latents and their inversion travel in the profile; apply can start there.
+
+Format version 4 keeps the edit-friendly DDPM inversion (a start and one noise map per step, exact at the
+guidance it was made for); versions 2 and 3 keep a DDIM inversion, which is still read and used.
+"""
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE_PROFILE, error_line, pixels, rewrite, run
+from helpers import EXAMPLE_PROFILE, FORMAT_FILES, error_line, pixels, rewrite, run
 from PIL import Image
 
 from imagic_lora import ApplyConfig, ProfileStore, TrainConfig, apply, load_model, read_profile_file, train
 from imagic_lora import api as api_module
 from imagic_lora.bench.cases import make_cases, score
+from imagic_lora.method import decode_latents
 from imagic_lora.profile import Profile
-from imagic_lora.record import Inversion
+from imagic_lora.record import EDIT_FRIENDLY, Inversion
 from imagic_lora.shapes.analyze import psnr
 from imagic_lora.shapes.model import SHAPES_MODEL
 
@@ -24,14 +30,19 @@ def started_from(path) -> str:
 RECONSTRUCTED = (0, 3)
 
 
-def test_a_new_profile_is_version_2_and_keeps_its_latents_and_their_inversion(trained, tmp_path):
-    assert trained.format_version == 2 and trained.inversion_steps == 50
+def test_a_new_profile_is_version_4_and_keeps_its_latents_and_their_edit_friendly_inversion(trained):
+    assert trained.format_version == 4 and trained.metadata.format_version == 4
     assert trained.image_latents.shape == trained.start_latents.shape == (1, 4, 32, 32)  # builtin:tiny at 64 px
+    assert trained.noise_maps.shape == (50, 4, 32, 32)
     assert not torch.equal(trained.image_latents, trained.start_latents)
+    assert trained.noise_maps.abs().amax(dim=(1, 2, 3)).min() > 0  # every step adds noise
     again = Profile.from_bytes(trained.to_bytes())
-    assert torch.equal(again.start_latents, trained.start_latents.half().float())  # stored in fp16
+    assert torch.equal(again.start_latents, trained.start_latents)  # made in fp16, stored in fp16: exact
+    assert torch.equal(again.noise_maps, trained.noise_maps)
     assert torch.equal(again.image_latents, trained.image_latents.half().float())
-    assert again.metadata.inversion == Inversion(steps=50, scheduler="DDIMInverseScheduler", guidance=1.0)
+    assert again.metadata.inversion == Inversion(steps=50, scheduler="DDIMScheduler", guidance=2.0,
+                                                 method=EDIT_FRIENDLY, negative_prompt="")
+    assert again.start.method == EDIT_FRIENDLY
 
 
 def test_a_version_1_profile_still_applies_and_says_it_starts_from_noise(tmp_path):
@@ -52,38 +63,73 @@ def test_a_version_1_profile_still_applies_and_says_it_starts_from_noise(tmp_pat
     assert ProfileStore().info(imported.name)["format_version"] == 1
 
 
-def test_the_stored_inversion_is_used_at_its_step_count_and_recomputed_at_another(trained, tmp_path, monkeypatch):
-    base = load_model("builtin:tiny")
+def _count_inversions(monkeypatch) -> list[tuple]:
+    """Every inversion apply computes, as (start, steps, guidance)."""
     calls = []
-    real_invert = api_module.invert
-    monkeypatch.setattr(api_module, "invert", lambda *a, **k: calls.append(a[3]) or real_invert(*a, **k))
-    config = ApplyConfig(start="inversion", steps=50)
-    [stored] = apply(trained, "a blue ball", out_dir=tmp_path / "a", model=base, config=config, progress=False)
+    real = api_module.inverted_start
+
+    def counted(base, latents, e_opt, config, progress=True):
+        calls.append((config.start, config.steps, config.guidance))
+        return real(base, latents, e_opt, config, progress)
+
+    monkeypatch.setattr(api_module, "inverted_start", counted)
+    return calls
+
+
+def test_the_stored_inversion_is_used_at_its_steps_and_guidance_and_recomputed_at_others(trained, tmp_path,
+                                                                                        monkeypatch):
+    base = load_model("builtin:tiny")
+    calls = _count_inversions(monkeypatch)
+    [stored] = apply(trained, "a blue ball", out_dir=tmp_path / "a", model=base, config=ApplyConfig(steps=50),
+                     progress=False)
     assert calls == []
     assert started_from(stored) == "inversion"
-    apply(trained, "a blue ball", out_dir=tmp_path / "b", model=base, config=ApplyConfig(start="inversion", steps=5),
-          progress=False)
-    assert calls == [5]
+    for n, config in enumerate([ApplyConfig(steps=5), ApplyConfig(guidance=7.5), ApplyConfig(negative_prompt="x"),
+                                ApplyConfig(start="ddim")]):
+        apply(trained, "a blue ball", out_dir=tmp_path / f"b{n}", model=base, config=config, progress=False)
+    assert calls == [("inversion", 5, 2.0), ("inversion", 50, 7.5), ("inversion", 50, 2.0), ("ddim", 50, 2.0)]
     seeds = [apply(trained, "a blue ball", out_dir=tmp_path / f"s{seed}", model=base, progress=False,
                    config=ApplyConfig(start="inversion", steps=5, seed=seed))[0] for seed in (0, 9)]
     assert (pixels(seeds[0]) == pixels(seeds[1])).all()  # the seed is not used: the start is fixed
 
 
-def test_train_stores_the_inversion_at_the_steps_asked_and_apply_at_those_steps_uses_it(image_path, tmp_path,
-                                                                                      monkeypatch):
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_ddim_profile_gets_an_edit_friendly_inversion_at_apply_and_its_own_with_start_ddim(version, tmp_path,
+                                                                                            monkeypatch):
+    calls = _count_inversions(monkeypatch)
+    path = FORMAT_FILES[version]
+    model = "builtin:tiny-xl" if version == 3 else "builtin:tiny"
+    steps = str(read_profile_file(path).metadata.inversion.steps)
+    defaults = run("apply", "file", path, "a blue ball", "--steps", steps, "--model", model, "--out", tmp_path / "a")
+    assert defaults.exit_code == 0, defaults.output
+    [warning] = [line for line in defaults.stderr.splitlines() if line.startswith("Warning")]
+    assert warning.startswith(f"Warning: profile 'v{version}' (format version {version}) holds a DDIM "
+                              "inversion, which gives the photo back only at low guidance; computing its "
+                              "edit-friendly inversion for this run")
+    ddim = run("apply", "file", path, "a blue ball", "--steps", steps, "--model", model, "--start", "ddim",
+               "--out", tmp_path / "b")
+    assert ddim.exit_code == 0 and "Warning" not in ddim.stderr, ddim.output
+    assert calls == [("inversion", int(steps), 2.0)]  # --start ddim used the stored one
+    assert started_from(ddim.stdout.split()[0]) == "ddim"
+
+
+def test_train_stores_the_inversion_at_the_steps_and_guidance_asked_and_apply_at_those_uses_it(image_path, tmp_path,
+                                                                                             monkeypatch):
     fast = ["--embedding-steps", 2, "--lora-steps", 2, "--model", "builtin:tiny"]
-    trained = run("train", "ball", image_path, "--prompt", "a red ball", *fast, "--inversion-steps", 3)
+    trained = run("train", "ball", image_path, "--prompt", "a red ball", *fast, "--inversion-steps", 3,
+                  "--inversion-guidance", 7.5)
     assert trained.exit_code == 0, trained.output
     profile = ProfileStore().get("ball")
-    assert profile.inversion_steps == 3 and profile.metadata.inversion.steps == 3
-    calls = []
-    real_invert = api_module.invert
-    monkeypatch.setattr(api_module, "invert", lambda *a, **k: calls.append(a[3]) or real_invert(*a, **k))
-    applied = run("apply", "profile", "ball", "a blue ball", "--steps", 3, "--out", tmp_path)
+    assert profile.noise_maps.shape[0] == 3 and profile.metadata.inversion.steps == 3
+    assert profile.metadata.inversion.guidance == 7.5
+    calls = _count_inversions(monkeypatch)
+    applied = run("apply", "profile", "ball", "a blue ball", "--steps", 3, "--guidance", 7.5, "--out", tmp_path)
     assert applied.exit_code == 0, applied.output
     assert calls == [] and started_from(applied.stdout.split()[0]) == "inversion"
-    refused = run("train", "other", image_path, "--prompt", "a red ball", *fast, "--inversion-steps", 0)
-    assert refused.exit_code == 1 and error_line(refused) == "Error: --inversion-steps must be in [1, 1000], got 0"
+    for option, value, message in (("--inversion-steps", 0, "--inversion-steps must be in [1, 1000], got 0"),
+                                   ("--inversion-guidance", -1, "--inversion-guidance must be >= 0, got -1.0")):
+        refused = run("train", "other", image_path, "--prompt", "a red ball", *fast, option, value)
+        assert refused.exit_code == 1 and error_line(refused) == f"Error: {message}"
     assert ProfileStore().names() == ["ball"]
 
 
@@ -102,6 +148,11 @@ def test_several_seeds_from_an_inversion_are_refused(tmp_path, trained):
     ({"start_latents": torch.zeros(1, 4, 32, 31)}, {}, "are not equal [1, channels, height, width]"),
     ({"start_latents": torch.full((1, 4, 32, 32), float("nan"))}, {}, "holds NaN or infinite values"),
     ({"start_latents": torch.zeros(1, 4, 2000, 8)}, {}, "of a supported size"),
+    ({"noise_maps": None}, {}, "missing tensor 'noise_maps'"),
+    ({"noise_maps": torch.zeros(49, 4, 32, 32)}, {}, "inversion's 50 steps"),
+    ({"noise_maps": torch.zeros(50, 4, 32, 16)}, {}, "not one [channels, height, width] map like the latents'"),
+    ({"noise_maps": torch.full((50, 4, 32, 32), float("inf"))}, {}, "holds NaN or infinite values"),
+    ({}, {"format_version": "2"}, "unexpected tensor 'noise_maps'"),
 ])
 def test_hostile_latents_are_refused(trained, tensors, header, message):
     from imagic_lora.errors import InvalidProfileFile
@@ -120,9 +171,39 @@ def test_version_2_needs_its_inversion_steps(trained):
         Profile.from_bytes(rewrite(trained.to_bytes(), header={"profile": json.dumps(meta)}))
 
 
+def test_a_version_4_file_whose_record_is_not_edit_friendly_is_refused(trained):
+    from imagic_lora.errors import InvalidProfileFile
+    from imagic_lora.profile import read_header
+
+    meta = json.loads(read_header(trained.to_bytes(), "t")["profile"])
+    del meta["inversion"]["method"]
+    with pytest.raises(InvalidProfileFile, match="does not describe the edit-friendly DDPM inversion"):
+        Profile.from_bytes(rewrite(trained.to_bytes(), header={"profile": json.dumps(meta)}))
+
+
 @pytest.fixture(scope="module")
 def shapes():
     return load_model(SHAPES_MODEL, device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guidance", [2.0, 7.5])
+def test_the_edit_friendly_inversion_gives_the_photo_back_at_any_guidance_and_ddim_does_not(shapes, tmp_path,
+                                                                                           guidance):
+    case = make_cases(10, seed=0)[1]
+    image = tmp_path / "input.png"
+    case.input_image().save(image)
+    profile = train("case", image, case.source_prompt, model=shapes, store=ProfileStore(tmp_path / "p.db"),
+                    config=TrainConfig(seed=1, inversion_steps=20, inversion_guidance=guidance), progress=False)
+    photo = np.asarray(decode_latents(shapes, profile.image_latents), dtype=np.int16)
+    differences = {}
+    for start in ("inversion", "ddim"):
+        [path] = apply(profile, case.edit_prompt, out_dir=tmp_path / start, model=shapes, progress=False,
+                       config=ApplyConfig(alphas=(0.0,), steps=20, guidance=guidance, start=start, keep=False))
+        differences[start] = np.abs(pixels(path).astype(np.int16) - photo)
+    assert differences["inversion"].max() <= 1, differences["inversion"].max()  # measured 0
+    if guidance > 2:  # DDIM drifts at the guidance real models need (measured: largest difference 200+ levels)
+        assert differences["ddim"].max() > 64 and differences["ddim"].mean() > 10 * differences["inversion"].mean()
 
 
 @pytest.mark.slow

@@ -87,4 +87,5 @@ def test_training_runs_the_lean_path(image_path, monkeypatch):
     assert all(s["lora"] == set() for s in seen[: config.embedding_steps]), "stage 1 trains no adapter"
     assert all(s["lora"] == {torch.float32} for s in seen[config.embedding_steps :]), "adapters train in fp32"
     assert len(optimizers) == 1 and isinstance(optimizers[0], real_optimizer)
-    assert sorted(encoder_calls) == ["text", "vae"], "the image and the prompt are encoded once, nothing decoded"
+    assert sorted(encoder_calls) == ["text", "text", "vae"], \
+        "the image, the prompt and the inversion's negative prompt are encoded once, nothing decoded"

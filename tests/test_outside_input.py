@@ -336,7 +336,7 @@ def full_disk(tmp_path):
 def test_a_store_on_a_full_disk_still_lists_and_verifies(stored, full_disk, trained):
     env = {"IMAGIC_LORA_USER_PATH": str(full_disk)}
     assert run("profiles", "import", _exported(trained, full_disk.parent), env=env).exit_code == 0
-    with open(full_disk / "fill", "wb") as fill:
+    with open(full_disk / "fill", "wb", buffering=0) as fill:  # unbuffered: nothing left to flush at close
         try:
             while True:
                 fill.write(b"\0" * 65536)

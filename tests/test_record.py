@@ -13,7 +13,7 @@ from safetensors.torch import load as load_tensors
 from imagic_lora.errors import InvalidProfileFile
 from imagic_lora.interop import kohya_metadata
 from imagic_lora.profile import Profile
-from imagic_lora.record import ABSENT, ProfileMetadata
+from imagic_lora.record import ABSENT, EDIT_FRIENDLY, ProfileMetadata
 from imagic_lora.validate import read_header
 
 # what the release before the typed record printed and exported for each of FORMAT_FILES
@@ -144,12 +144,13 @@ def test_the_format_files_are_real_profiles_of_their_version():
     assert "start_latents" not in tensors[1] and "start_latents" in tensors[2] and "e_opt_pooled" in tensors[3]
 
 
-def test_the_batch_skip_rule_needs_the_image_the_settings_and_the_inversion_steps():
+def test_the_batch_skip_rule_needs_the_image_the_settings_and_the_same_inversion():
     metadata = ProfileMetadata.from_dict(_metadata(2), 2)
-    settings, steps, image = metadata.settings, metadata.inversion.steps, metadata.image_sha256
-    assert metadata.trained_like(settings, steps, image)
-    assert not metadata.trained_like(settings, steps + 1, image)
-    assert not metadata.trained_like(settings, steps, "0" * 64)
-    assert not metadata.trained_like(dataclasses.replace(settings, resolution=128), steps, image)
+    settings, inversion, image = metadata.settings, metadata.inversion, metadata.image_sha256
+    assert metadata.trained_like(settings, inversion, image)
+    assert not metadata.trained_like(settings, dataclasses.replace(inversion, steps=inversion.steps + 1), image)
+    assert not metadata.trained_like(settings, dataclasses.replace(inversion, method=EDIT_FRIENDLY), image)
+    assert not metadata.trained_like(settings, inversion, "0" * 64)
+    assert not metadata.trained_like(dataclasses.replace(settings, resolution=128), inversion, image)
     old = ProfileMetadata.from_dict(_metadata(1), 1)  # no inversion: trained again
-    assert not old.trained_like(old.settings, steps, old.image_sha256)
+    assert not old.trained_like(old.settings, inversion, old.image_sha256)

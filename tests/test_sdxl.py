@@ -37,7 +37,7 @@ def test_cli_end_to_end_on_the_tiny_sdxl(image_path, tmp_path):
     trained = run("train", "xl", image_path, "--prompt", PROMPT, "--model", "builtin:tiny-xl", *TRAIN)
     assert trained.exit_code == 0, trained.output
     profile = ProfileStore().get("xl")
-    assert profile.format_version == 3 and profile.metadata.format_version == 3
+    assert profile.format_version == 4 and profile.metadata.format_version == 4
     assert profile.e_opt.shape == (1, 77, 64) and profile.e_opt_pooled.shape == (1, 32)
     assert not torch.equal(profile.e_opt_pooled, profile.source_pooled), "stage 1 moved the pooled embedding"
     assert profile.metadata.settings.pipeline == "StableDiffusionXLPipeline"
@@ -112,7 +112,8 @@ def test_hostile_version_3_files_are_refused(xl_bytes, tmp_path):
     nan = pooled.clone()
     nan[0, 3] = float("nan")
     _refused(rewrite(xl_bytes, tensors={"e_opt_pooled": nan}), tmp_path, "'e_opt_pooled' holds NaN")
-    _refused(rewrite(xl_bytes, header={"format_version": "2"}), tmp_path, "unexpected tensor '")  # either pooled one
+    _refused(rewrite(xl_bytes, header={"format_version": "2"}), tmp_path, "unexpected tensor '")  # pooled or maps
+    _refused(rewrite(xl_bytes, tensors={"source_pooled": None}), tmp_path, "missing tensor 'source_pooled'")
 
 
 def test_sdxl_vae_encodes_in_fp32_when_the_weights_are_fp16(image_path):

@@ -26,7 +26,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import ApplyConfig, TrainConfig
+from ..config import STARTS, ApplyConfig, TrainConfig
 from ..errors import InvalidConfig
 from ..files import atomic_write
 from ..images import labelled_grid, to_tensor
@@ -39,7 +39,7 @@ from ..method import (
     finetune_full,
     finetune_lora,
     generate,
-    invert,
+    inverted_start,
     optimize_embedding,
 )
 from ..models import BaseModel, load_model
@@ -187,8 +187,7 @@ def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.T
     defaults = config.apply
     rows, shown, timing = [], {}, {}
     with fused_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha):
-        inversion = invert(base, latents, e_opt, defaults.steps, progress=False)
-        start = inversion if defaults.start == "inversion" else None
+        start = inverted_start(base, latents, e_opt, defaults, progress=False)
         # one sample per α gives two rows: as sampled ("nothing kept") and with the keep step that
         # generate() would apply, done here so the sampling is not run twice
         curve = replace(defaults, alphas=config.alphas, keep=False, batch_size=len(config.alphas))
@@ -197,13 +196,14 @@ def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.T
             rows.append(row | {"variant": "defaults", **score(kept, case), "seam": seam_error(kept, case)})
             rows.append(row | {"variant": "defaults, nothing kept", "seam": seam_error(image, case)})
             shown[row["alpha"]] = kept
-        strong = replace(defaults, alphas=(config.default_alpha,), guidance=STRONG_GUIDANCE)
+        strong = replace(defaults, alphas=(0.0, config.default_alpha), guidance=STRONG_GUIDANCE)
+        strong_start = inverted_start(base, latents, e_opt, strong, progress=False)  # made for that guidance
         rows += [row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}"}
-                 for row, _ in imagic_rows("imagic-lora", base, e_opt, case, strong, seconds, start, photo)]
+                 for row, _ in imagic_rows("imagic-lora", base, e_opt, case, strong, seconds, strong_start, photo)]
         if case.index < config.ablation_cases:
-            rows += _ablations(base, e_opt, case, defaults, seconds, inversion, photo)
+            rows += _ablations(base, latents, e_opt, case, defaults, seconds, photo)
         if case.index < config.timed_cases:
-            timing = _timing(base, e_opt, case, defaults, latents, inversion)
+            timing = _timing(base, e_opt, case, defaults, latents, start)
     return rows + ideal_rows(base, case, photo, defaults), [shown.get(config.default_alpha), shown.get(0.0)], timing
 
 
@@ -228,17 +228,20 @@ def seam_error(image: Image.Image, case: Case) -> float:
     return float(np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - truth).max(-1)[band].mean())
 
 
-def _ablations(base, e_opt, case, defaults: ApplyConfig, seconds, inversion, photo) -> list[dict]:
-    """The defaults with the other start, and the sampling settings imagic-lora had before this benchmark."""
-    other_start = None if defaults.start == "inversion" else inversion
-    switched = replace(defaults, start="noise" if other_start is None else "inversion")
-    rows = [row | {"variant": f"start {switched.start}"}
-            for row, _ in imagic_rows("imagic-lora", base, e_opt, case, switched, seconds, other_start, photo)]
+def _ablations(base, latents, e_opt, case, defaults: ApplyConfig, seconds, photo) -> list[dict]:
+    """The defaults with each other start, and the sampling settings imagic-lora had before this benchmark."""
+    rows = []
+    for other in STARTS:
+        if other != defaults.start:
+            switched = replace(defaults, start=other)
+            start = inverted_start(base, latents, e_opt, switched, progress=False)
+            rows += [row | {"variant": f"start {other}"}
+                     for row, _ in imagic_rows("imagic-lora", base, e_opt, case, switched, seconds, start, photo)]
     return rows + [row | {"variant": "before (noise, α 0.7, guidance 7.5)"}
                    for row, _ in imagic_rows("imagic-lora", base, e_opt, case, OLD_DEFAULTS, seconds)]
 
 
-def _timing(base, e_opt, case, defaults: ApplyConfig, latents, inversion) -> dict:
+def _timing(base, e_opt, case, defaults: ApplyConfig, latents, start) -> dict:
     """Seconds of one image at the defaults (photo decoded, stored inversion, keep) and of plain sampling."""
     one = replace(defaults, seed=case.index, seeds=1)
     plain = replace(one, start="noise", keep=False)
@@ -247,7 +250,7 @@ def _timing(base, e_opt, case, defaults: ApplyConfig, latents, inversion) -> dic
     plain_seconds = time.perf_counter() - started
     started = time.perf_counter()
     generate(base, e_opt, case.edit_prompt, one, 32, progress=False,
-             start=inversion if one.start == "inversion" else None, photo=decode_latents(base, latents))
+             start=start, photo=decode_latents(base, latents))
     return {"plain": plain_seconds, "defaults": time.perf_counter() - started}
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..config import ApplyConfig, TrainConfig
 from ..images import to_tensor
 from ..lora import fused_lora
-from ..method import decode_latents, encode_image, encode_prompt, invert
+from ..method import decode_latents, encode_image, encode_prompt, inverted_start
 from ..models import load_model
 from ..shapes.model import SHAPES_MODEL
 from .cases import make_cases
@@ -57,7 +57,7 @@ def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | No
 def _at_defaults(name: str, base, latents, e_opt, case, seconds: float) -> list[dict]:
     """Score rows along α with the shipped sampling defaults (the start, guidance and keep)."""
     sampling = replace(ApplyConfig(), alphas=ALPHAS)
-    inversion = invert(base, latents, e_opt, sampling.steps, progress=False) if sampling.start == "inversion" else None
+    inversion = inverted_start(base, latents, e_opt, sampling, progress=False)
     photo = decode_latents(base, latents)
     rows = imagic_rows(name, base, e_opt, case, sampling, seconds, inversion, photo)
     return [row | {"schedule": name} for row, _ in rows]

@@ -31,7 +31,7 @@ from ..method import (
     finetune_full,
     finetune_lora,
     generate,
-    invert,
+    inverted_start,
     optimize_embedding,
 )
 from ..models import BaseModel, choose_device, choose_dtype, prepare
@@ -172,7 +172,8 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
             "apply_defaults": partial(profile, start="inversion")}
     measured = {}
     with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
-        inversion = invert(base, latents, state["e_opt"], config.apply_steps, progress=False)
+        inversion = inverted_start(base, latents, state["e_opt"], ApplyConfig(steps=config.apply_steps, seeds=1),
+                                   progress=False)
         for name, run in runs.items():
             _log(f"{OURS}: {name} sampling ({count} images, {config.apply_steps} steps)")
             measured[name] = _measure(base, [*resident, *state["e_opt"].tensors()],
