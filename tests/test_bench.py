@@ -67,6 +67,10 @@ def test_tables_report_every_method_alpha_and_interval():
         for alpha in (0.0, 0.9):
             rows.append({"method": "imagic-lora", "variant": "defaults", "alpha": alpha, "train_seconds": 2.0,
                          "edit": case.edit, **(truth if alpha else unedited)})
+        rows.append({"method": "imagic-lora", "variant": "defaults, nothing kept", "alpha": 0.0,
+                     "train_seconds": 2.0, "edit": case.edit, **unedited})
+        rows.append({"method": "imagic-lora", "variant": "defaults, guidance 7.5, nothing kept", "alpha": 0.0,
+                     "train_seconds": 2.0, "edit": case.edit, **unedited, "preserved": case.index >= 2})
         rows.append({"method": "classic-imagic", "alpha": 0.7, "train_seconds": 80.0, "edit": case.edit, **unedited})
         rows.append({"method": "sdedit", "strength": 0.7, "train_seconds": 0.0, "edit": case.edit,
                      **(truth if case.index < 2 else unedited)})
@@ -82,8 +86,10 @@ def test_tables_report_every_method_alpha_and_interval():
     assert "| classic-imagic α=0.7 | 8 | 0 % (0–32) |" in text
     assert "| 0.0 | 0 % (0–32) | 100 % (68–100) | 0 % (0–32) |" in text
     assert "- best SDEdit (sdedit strength=0.7): 25 % (7–59); the defaults make 4.0× (target ≥ 2×)" in text
-    assert "- reconstruction at α 0: 100 % (68–100) preserved, the VAE round trip 100 % on the same cases: " \
-           "100 % of the ceiling (target ≥ 90 %)" in text
+    assert "- reconstruction at α 0, nothing kept, at the default guidance: 100 % (68–100) preserved, the VAE " \
+           "round trip 100 % on the same cases: 100 % of the ceiling (target ≥ 95 %)" in text
+    assert "- reconstruction at α 0, nothing kept, at guidance 7.5: 75 % (41–93) preserved, the VAE round trip " \
+           "100 % on the same cases: 75 % of the ceiling (target ≥ 95 %)" in text
 
 
 def test_wilson_intervals_match_the_textbook_values():

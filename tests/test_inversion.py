@@ -4,12 +4,13 @@ Format version 4 keeps the edit-friendly DDPM inversion (a start and one noise m
 guidance it was made for); versions 2 and 3 keep a DDIM inversion, which is still read and used.
 """
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE_PROFILE, FORMAT_FILES, error_line, pixels, rewrite, run
+from helpers import EXAMPLE_PROFILE, FORMAT_FILES, REPO, error_line, pixels, rewrite, run
 from PIL import Image
 
 from imagic_lora import ApplyConfig, ProfileStore, TrainConfig, apply, load_model, read_profile_file, train
@@ -222,3 +223,16 @@ def test_the_inversion_gives_back_the_input_at_alpha_0(shapes, tmp_path, index):
         results[start] = (psnr(output, case.input_image()), score(output, case)["preserved"])
     assert results["inversion"][0] >= 28 and results["inversion"][1], results  # measured 31.6-34.6 dB
     assert results["inversion"][0] >= results["noise"][0] + 5, results
+
+
+@pytest.mark.parametrize(("family", "mib"), [("sd15", 1.5625), ("sd21", 3.515625), ("sdxl", 6.25)])
+def test_the_noise_maps_add_what_format_md_says_at_each_familys_native_size(trained, family, mib):
+    """50 steps of fp16 maps at the latent size of the published UNet config (512, 768 and 1024 px)."""
+    unet = json.loads((REPO / "imagic_lora" / "data" / family / "unet" / "config.json").read_text())
+    shape = (1, unet["in_channels"], unet["sample_size"], unet["sample_size"])
+    latents = torch.zeros(shape)
+    without = dataclasses.replace(trained, image_latents=latents, start_latents=latents, noise_maps=None)
+    with_maps = dataclasses.replace(without, noise_maps=torch.zeros(50, *shape[1:]))
+    added = len(with_maps.to_bytes()) - len(without.to_bytes())
+    print(f"{family}: the noise maps add {added} bytes ({added / 2**20:.2f} MiB)")
+    assert abs(added / 2**20 - mib) < 0.001

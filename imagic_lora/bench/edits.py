@@ -196,10 +196,12 @@ def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.T
             rows.append(row | {"variant": "defaults", **score(kept, case), "seam": seam_error(kept, case)})
             rows.append(row | {"variant": "defaults, nothing kept", "seam": seam_error(image, case)})
             shown[row["alpha"]] = kept
-        strong = replace(defaults, alphas=(0.0, config.default_alpha), guidance=STRONG_GUIDANCE)
+        strong = replace(defaults, alphas=(0.0, config.default_alpha), guidance=STRONG_GUIDANCE, keep=False)
         strong_start = inverted_start(base, latents, e_opt, strong, progress=False)  # made for that guidance
-        rows += [row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}"}
-                 for row, _ in imagic_rows("imagic-lora", base, e_opt, case, strong, seconds, strong_start, photo)]
+        for row, image in imagic_rows("imagic-lora", base, e_opt, case, strong, seconds, strong_start):
+            kept = keep_unchanged(image, photo, defaults.keep_threshold) if defaults.keep else image
+            rows.append(row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}", **score(kept, case)})
+            rows.append(row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}, nothing kept"})
         if case.index < config.ablation_cases:
             rows += _ablations(base, latents, e_opt, case, defaults, seconds, photo)
         if case.index < config.timed_cases:
