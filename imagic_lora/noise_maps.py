@@ -80,7 +80,7 @@ def sampling_with(pipe, start: Start | None) -> Iterator[None]:
         return
     own = pipe.scheduler
     scheduler = NoiseMapScheduler.from_config(own.config)
-    scheduler.noise_maps = start.noise_maps
+    scheduler.noise_maps = start.noise_maps.to(pipe.device)  # once, not at every step
     pipe.scheduler = scheduler
     try:
         yield
