@@ -77,21 +77,43 @@ def _pairs(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int):
     return [(linear, state[PREFIX + path + DOWN], state[PREFIX + path + UP]) for path, linear in linears.items()]
 
 
+ROOM_LEFT = 0.5  # the share of the accelerator that must stay free for the originals to wait on it
+
+
+def keeps_room(needed: int, free: int, total: int) -> bool:
+    """Whether a copy of ``needed`` bytes leaves at least :data:`ROOM_LEFT` of the device's ``total`` free."""
+    return free - needed >= ROOM_LEFT * total
+
+
+def originals_device(weights: list[torch.Tensor]) -> torch.device:
+    """Where the original weights wait while an adapter is fused: on their own CUDA device when a copy leaves
+    half of it free (no round trip through host memory), otherwise on the CPU, so that a small card never
+    holds two copies."""
+    device = weights[0].device if weights else torch.device("cpu")
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, total = torch.cuda.mem_get_info(device)
+    needed = sum(weight.numel() * weight.element_size() for weight in weights)
+    return device if keeps_room(needed, free, total) else torch.device("cpu")
+
+
 @contextlib.contextmanager
 def fused_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float):
     """Add the adapter's update ``alpha/rank · up @ down`` into the UNet's weights for sampling.
 
-    Sampling then costs what plain sampling costs. The original weights wait on the CPU and are
-    put back exactly afterwards, so the accelerator never holds two copies.
+    Sampling then costs what plain sampling costs. The original weights wait where
+    :func:`originals_device` says (beside them on a roomy GPU, else on the CPU) and are put back exactly
+    afterwards: copies, not an inverse, since adding the update in half precision rounds.
     """
     pairs = _pairs(unet, state, rank)
+    place = originals_device([linear.weight for linear, _, _ in pairs])
     originals: list[tuple[torch.nn.Linear, torch.Tensor]] = []
     try:
         with torch.no_grad():
             for linear, down, up in pairs:
                 weight = linear.weight.data
                 update = (alpha / rank) * (up.float() @ down.float())
-                originals.append((linear, weight.to("cpu", copy=True)))
+                originals.append((linear, weight.to(place, copy=True)))
                 linear.weight.data = (weight.float() + update.to(weight.device)).to(weight.dtype)
         yield
     finally:

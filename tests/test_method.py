@@ -233,3 +233,24 @@ def test_xl_stage1_optimizes_the_pooled_embedding_too(tiny_xl):
     assert not torch.equal(e_opt.pooled, source.pooled), "the pooled embedding is optimized with the tokens"
     pooled_only = Condition(source.embeds, e_opt.pooled)
     assert _eval_loss(tiny_xl, latents, pooled_only, eval_set) != before, "and the UNet listens to it"
+
+
+@pytest.mark.parametrize(("needed_gib", "free_gib", "total_gib", "kept"), [
+    (1.9, 70.0, 80.0, True),  # SDXL's adapted projections in fp16 on an 80 GB card: no host round trip
+    (1.9, 16.0, 24.0, True),
+    (1.9, 5.0, 12.0, False),  # a 12 GB card with SDXL loaded: the copies go to the CPU, as before
+    (0.4, 2.5, 8.0, False),
+])
+def test_the_original_weights_wait_on_the_gpu_only_when_half_of_it_stays_free(needed_gib, free_gib, total_gib,
+                                                                               kept):
+    from imagic_lora.lora import keeps_room
+
+    gib = 2**30
+    assert keeps_room(int(needed_gib * gib), int(free_gib * gib), int(total_gib * gib)) is kept
+
+
+def test_on_the_cpu_the_original_weights_are_copied_on_the_cpu(tiny):
+    from imagic_lora.lora import originals_device
+
+    assert originals_device([param for param in tiny.pipe.unet.parameters()][:3]) == torch.device("cpu")
+    assert originals_device([]) == torch.device("cpu")
