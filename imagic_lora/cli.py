@@ -269,8 +269,9 @@ def apply_options(func):
                      "(what profiles before format version 4 store; exact only at low guidance), or from seeded "
                      "noise (--seeds gives variations)."),
         click.option("--keep/--no-keep", default=_default(ApplyConfig, "keep"), show_default=True,
-                     help="Put the photo's own pixels back wherever the edit barely changed them. Turn it off "
-                     "for edits of the whole picture (a tint, a style): it undoes those."),
+                     help="Put the photo's own pixels (its stored latents, decoded) back wherever the edit barely "
+                     "changed them, matching the kept part's colour drift to them. Turn it off for edits of the "
+                     "whole picture (a tint, a style): it undoes those."),
         click.option("--keep-threshold", type=float, default=_default(ApplyConfig, "keep_threshold"),
                      show_default=True, help="How much (0-1 of full scale, on a blurred difference) a region "
                      "must change to count as edited; lower keeps less of the photo."),

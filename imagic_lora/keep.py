@@ -3,8 +3,9 @@
 Sampling redraws the whole image, so even a faithful edit shifts colours and loses small details far
 from what the prompt asked to change. Where the edit and the photo differ by less than a threshold
 (on a blurred difference, so scattered small changes do not count), the photo's pixels are put back;
-the mask is grown and feathered so the edited region blends in. The photo here is the profile's
-image latents decoded: the picture the model was trained on, at its resolution.
+the mask is grown and feathered so the edited region blends in. What is kept of the edit is first shifted
+by the sampler's colour drift, measured where the photo comes back, so the two meet without a seam. The
+photo here is the profile's image latents decoded: the picture the model was trained on, at its resolution.
 """
 
 from __future__ import annotations
@@ -61,9 +62,24 @@ def changed_mask(edited: Image.Image, photo: Image.Image, threshold: float) -> t
     return _box_blur(_grow(changed, max(1, size // 16)), max(1, size // 32))
 
 
+MIN_MATCHED = 0.05  # the share of the picture the photo must come back over for the colours to be matched
+
+
+def colour_offset(edited: torch.Tensor, photo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[3]``: the per-channel median of ``photo − edited`` where the photo comes back whole (``mask`` 0),
+    i.e. the colour drift the sampler added to the whole picture; zero when too little of it comes back."""
+    restored = mask[0, 0] == 0
+    if restored.float().mean() < MIN_MATCHED:
+        return torch.zeros(3)
+    return (photo[restored] - edited[restored]).median(dim=0).values
+
+
 def keep_unchanged(edited: Image.Image, photo: Image.Image, threshold: float) -> Image.Image:
-    """``edited`` with ``photo``'s pixels put back wherever the edit did not change it."""
+    """``edited`` with ``photo``'s pixels put back wherever the edit did not change it; what is kept of the
+    edit is first shifted by the drift measured where the photo comes back, so the two meet without a seam."""
     if edited.size != photo.size:
         photo = photo.resize(edited.size, Image.Resampling.LANCZOS)
     mask = changed_mask(edited, photo, threshold)
-    return _to_image(torch.lerp(_pixels(photo), _pixels(edited), mask[0, 0, :, :, None]))
+    pixels, original = _pixels(edited), _pixels(photo)
+    matched = (pixels + colour_offset(pixels, original, mask)).clamp_(0, 1)
+    return _to_image(torch.lerp(original, matched, mask[0, 0, :, :, None]))
