@@ -316,7 +316,8 @@ def invert_edit_friendly(
     noised = [scheduler.add_noise(x0, torch.randn(x0.shape, generator=generator).to(x0), t.reshape(1))
               for t in scheduler.timesteps]
     condition, negative = (c.map(lambda tensor: tensor.to(base.device, base.dtype)) for c in (e_opt, negative))
-    x, maps = noised[0].half().to(x0.dtype), []  # the start as stored
+    stored_start = noised[0].half()  # sampling starts from the stored fp16 copy, so the inversion does too
+    x, maps = stored_start.to(x0.dtype), []
     with _autocast(base):
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None,
                                    dynamic_ncols=True)):
@@ -325,7 +326,7 @@ def invert_edit_friendly(
             noise = (target - mean).half()
             x = mean + noise.to(mean.dtype)
             maps.append(noise)
-    return Start(noised[0].half().float().cpu(), torch.cat(maps).float().cpu())
+    return Start(stored_start.float().cpu(), torch.cat(maps).float().cpu())
 
 
 def inverted_start(base: BaseModel, latents: torch.Tensor, e_opt: Condition, config: ApplyConfig,

@@ -145,7 +145,7 @@ def test_several_seeds_from_an_inversion_are_refused(tmp_path, trained):
 @pytest.mark.parametrize(("tensors", "header", "message"), [
     ({"start_latents": None}, {}, "missing tensor 'start_latents'"),
     ({"image_latents": None}, {}, "missing tensor 'image_latents'"),
-    ({}, {"format_version": "1"}, "unexpected tensor '(image|start)_latents'"),
+    ({}, {"format_version": "1"}, "unexpected tensor '((image|start)_latents|noise_maps)'"),
     ({"start_latents": torch.zeros(1, 4, 32, 31)}, {}, "are not equal [1, channels, height, width]"),
     ({"start_latents": torch.full((1, 4, 32, 32), float("nan"))}, {}, "holds NaN or infinite values"),
     ({"start_latents": torch.zeros(1, 4, 2000, 8)}, {}, "of a supported size"),

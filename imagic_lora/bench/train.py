@@ -172,7 +172,7 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
             "apply_defaults": partial(profile, start="inversion")}
     measured = {}
     with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
-        inversion = inverted_start(base, latents, state["e_opt"], ApplyConfig(steps=config.apply_steps, seeds=1),
+        inversion = inverted_start(base, latents, state["e_opt"], ApplyConfig(steps=config.apply_steps),
                                    progress=False)
         for name, run in runs.items():
             _log(f"{OURS}: {name} sampling ({count} images, {config.apply_steps} steps)")
