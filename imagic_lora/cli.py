@@ -17,7 +17,7 @@ from .config import FITS, OPTIMIZERS, STARTS, ApplyConfig, TrainConfig
 from .crash import crash_message
 from .errors import ImagicError, ReportedElsewhere
 from .families import BENCH_FAMILIES
-from .paths import store_path
+from .paths import default_model, store_path
 from .store import ProfileStore, read_profile_file, stored_metadata
 from .text import escape_controls
 
@@ -471,6 +471,30 @@ def profiles_verify() -> None:
 def profiles_backup(path, replace) -> None:
     """Copy the whole store to PATH, consistently, even while it is in use."""
     echo(str(ProfileStore().backup(path, replace=replace)))
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, help="A base model the app serves (repeat for several): "
+              "hub id, diffusers folder, .safetensors file or builtin:shapes. Only these are loaded, each once "
+              "[default: $IMAGIC_LORA_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but localhost lets other machines in (a warning says so).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--share", is_flag=True, help="Also open a public Gradio share link (off unless asked).")
+@model_options
+@user_errors
+def ui(models, host, port, share, device, dtype) -> None:
+    """Start the local web app: train, browse, share and edit in the browser."""
+    try:
+        from .ui.app import serve
+    except ImportError as ex:
+        raise click.ClickException(f"the web app needs Gradio ({ex.name} is missing). "
+                                   "Try: pip install 'imagic-lora[ui]'") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _warn(f"listening on {host}: anyone who can reach this machine can use the app and its profiles")
+    if share:
+        _warn("--share opens a public link through Gradio's servers; anyone with the link can use the app")
+    serve(list(models) or [default_model()], host, port, share, device=device, dtype=dtype, say=echo)
 
 
 @cli.group()

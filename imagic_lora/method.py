@@ -24,6 +24,7 @@ from .keep import keep_unchanged
 from .lora import add_lora, lora_state_dict, remove_lora
 from .models import BaseModel
 from .noise_maps import NoiseMapScheduler, Start, sampling_with
+from .progress import report
 
 
 @dataclass
@@ -146,6 +147,7 @@ def _optimize(
         scaler.update()
         losses.append(value)
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        report(stage, step + 1, steps, value)
     return StageResult(losses)
 
 
@@ -280,9 +282,11 @@ def invert(base: BaseModel, latents: torch.Tensor, e_opt: Condition, steps: int,
     x = latents.to(base.device, base.dtype)
     condition = e_opt.map(lambda tensor: tensor.to(base.device, base.dtype))
     with _autocast(base):
-        for t in tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None, dynamic_ncols=True):
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="inverting", disable=not progress, leave=None,
+                                   dynamic_ncols=True)):
             prediction = predict(base, x, t, condition)
             x = scheduler.step(prediction, t, x).prev_sample
+            report("inverting", i + 1, steps)
     return Start(x.float().cpu())
 
 
@@ -326,6 +330,7 @@ def invert_edit_friendly(
             noise = (target - mean).half()
             x = mean + noise.to(mean.dtype)
             maps.append(noise)
+            report("inverting", i + 1, steps)
     return Start(stored_start.float().cpu(), torch.cat(maps).float().cpu())
 
 
@@ -386,6 +391,7 @@ def generate(
             images = [keep_unchanged(image, photo, config.keep_threshold) for image in images]
         results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images, strict=True)]
         bar.update(len(batch))
+        report("generating", len(results), len(jobs))
     bar.close()
     return results
 

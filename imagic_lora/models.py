@@ -16,21 +16,15 @@ from safetensors import SafetensorError, safe_open
 from .errors import InvalidConfig, ModelLoadError
 from .families import SD15, Family, family_for_index, family_of_pipeline, published, supported
 from .families.checkpoints import load_single_file
+from .paths import DEFAULT_MODEL, MODEL_ENV, default_model  # noqa: F401  (part of this module's API)
 from .shapes.model import SHAPES_MODEL, shapes_pipeline
 from .tiny import TINY_MODEL, TINY_XL_MODEL, tiny_pipeline, tiny_xl_pipeline
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, TINY_XL_MODEL: tiny_xl_pipeline, SHAPES_MODEL: shapes_pipeline}
 Pipeline = DiffusionPipeline  # a pipeline of one of the families
-MODEL_ENV = "IMAGIC_LORA_MODEL"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
 HUB_PROBE_TIMEOUT_S = 5.0
-
-
-def default_model() -> str:
-    """The model used when none is given: ``$IMAGIC_LORA_MODEL`` or SD 1.5."""
-    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
 def choose_device(device: str | None = None) -> torch.device:

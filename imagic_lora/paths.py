@@ -1,4 +1,5 @@
-"""Where imagic-lora keeps its data: the user directory, and the store's file in it."""
+"""Where imagic-lora keeps its data (the user directory, the store's file in it) and which model it uses when
+none is named: the settings that come from the environment, readable without loading torch."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 USER_PATH_ENV = "IMAGIC_LORA_USER_PATH"
+MODEL_ENV = "IMAGIC_LORA_MODEL"
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 def user_dir() -> Path:
@@ -20,3 +23,8 @@ def user_dir() -> Path:
 def store_path() -> Path:
     """The default store's database file."""
     return user_dir() / "profiles.db"
+
+
+def default_model() -> str:
+    """The model used when none is given: ``$IMAGIC_LORA_MODEL`` or SD 1.5."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
