@@ -36,10 +36,11 @@ def build(handlers: Handlers, models: Sequence[str]) -> gr.Blocks:
         with gr.Tab("Edit", id="edit"):
             edit_profile = _edit_tab(handlers)
         with gr.Tab("Train", id="train"):
-            _train_tab(handlers, models)
+            trained = _train_tab(handlers, models)
         with gr.Tab("Profiles", id="profiles"):
             listing = _profiles_tab(handlers, edit_profile)
         page.load(handlers.listing, outputs=listing)
+        trained.then(handlers.refreshed, outputs=listing[:-1])  # the new profile appears
     return page
 
 
@@ -75,7 +76,7 @@ def _edit_tab(handlers: Handlers):
     return profile
 
 
-def _train_tab(handlers: Handlers, models: Sequence[str]) -> None:
+def _train_tab(handlers: Handlers, models: Sequence[str]):
     with gr.Row():
         with gr.Column():
             upload = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="train-photo")
@@ -91,9 +92,10 @@ def _train_tab(handlers: Handlers, models: Sequence[str]) -> None:
             bar = gr.HTML(elem_id="train-progress")
             status = gr.Markdown(elem_id="train-status")
     upload.change(handlers.preview, upload, [preview, status])
-    run.click(handlers.train, [upload, name, prompt, model, preset], [bar, status], concurrency_id=MODEL_WORK,
-              concurrency_limit=1)
+    trained = run.click(handlers.train, [upload, name, prompt, model, preset], [bar, status],
+                        concurrency_id=MODEL_WORK, concurrency_limit=1)
     cancel.click(handlers.cancel, None, status, concurrency_limit=None)
+    return trained
 
 
 def _profiles_tab(handlers: Handlers, edit_profile: gr.Dropdown) -> list:

@@ -16,6 +16,7 @@ import gradio as gr
 
 from ..crash import crash_message
 from ..errors import ImagicError
+from .choices import PRESETS
 
 TABLE_HEADERS = ["name", "describes", "base model", "created", "size"]
 
@@ -48,7 +49,8 @@ class Handlers:
     # profiles
 
     def listing(self) -> tuple:
-        """Gallery, table and both profile pickers, refreshed from the store; a status line."""
+        """Gallery, table and both profile pickers, refreshed from the store; a status line (last, so a caller
+        may leave it out)."""
         try:
             cards = self.studio().cards()
         except Exception as ex:
@@ -60,6 +62,10 @@ class Handlers:
         pick = names[0] if names else None
         status = f"{len(names)} profile(s) in the store" if names else "No profiles yet: train one first."
         return gallery, table, gr.update(choices=names, value=pick), gr.update(choices=names, value=pick), status
+
+    def refreshed(self) -> tuple:
+        """The listing without its status line."""
+        return self.listing()[:4]
 
     def picked(self, event: gr.SelectData) -> tuple:
         """The profile clicked in the gallery becomes the one the buttons act on, in both tabs."""
@@ -76,7 +82,7 @@ class Handlers:
 
     def imported(self, upload: str | None) -> tuple:
         if not upload:
-            return (*self.listing()[:4], "Error: choose a profile file to upload first")
+            return (*self.refreshed(), "Error: choose a profile file to upload first")
         outcome: dict = {}
         listing = self._changed(lambda: outcome.setdefault("profile", self.studio().import_file(upload)), "")
         if "profile" in outcome:
@@ -87,8 +93,8 @@ class Handlers:
         try:
             change()
         except Exception as ex:
-            return (*self.listing()[:4], said(ex))
-        return (*self.listing()[:4], done)
+            return (*self.refreshed(), said(ex))
+        return (*self.refreshed(), done)
 
     def export(self, name: str | None, kind: str) -> tuple:
         try:
@@ -115,12 +121,15 @@ class Handlers:
         if not upload:
             yield _bar(None), "Error: upload a photo first"
             return
+        if preset not in PRESETS:
+            yield _bar(None), f"Error: pick one of the schedules ({', '.join(PRESETS)})"
+            return
         watch, outcome = TrainWatch(), {}
         warnings: list[str] = []
 
         def work() -> None:
             try:
-                outcome["profile"] = self.studio().train(name.strip(), upload, prompt, model_id, preset, watch,
+                outcome["profile"] = self.studio().train(name.strip(), upload, prompt, model_id, PRESETS[preset], watch,
                                                          warnings.append)
             except BaseException as ex:  # reported on the page by the loop below
                 outcome["error"] = ex

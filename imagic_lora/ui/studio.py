@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from .. import api
-from ..config import ApplyConfig
+from ..config import ApplyConfig, TrainConfig
 from ..errors import IncompatibleProfile, InvalidConfig
 from ..images import fit_image, load_image, thumbnail_image
 from ..interop import export_lora
@@ -26,7 +26,7 @@ from ..profile import Profile
 from ..progress import Cancelled, Step, listening
 from ..store import ProfileStore
 from ..validate import PROFILE_SUFFIX
-from .choices import EXPORTS, PRESETS
+from .choices import EXPORTS
 
 PREVIEW_SIZE = 256
 
@@ -80,6 +80,7 @@ class Studio:
         self.models = list(dict.fromkeys(models))
         self.device, self.dtype, self.store_path = device, dtype, store_path
         self.out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="imagic-lora-ui-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self._loaded: dict[str, BaseModel] = {}
         self._loading = threading.Lock()
 
@@ -147,20 +148,18 @@ class Studio:
     # training and editing
 
     def preview(self, path: str | Path) -> Image.Image:
-        """The uploaded photo after the same checks as ``train``, scaled down to show."""
-        return fit_image(load_image(path), PREVIEW_SIZE, "pad")
+        """The uploaded photo after the same checks as ``train``, cropped as training crops it, scaled down."""
+        return fit_image(load_image(path), PREVIEW_SIZE, TrainConfig().fit)
 
-    def train(self, name: str, image: str | Path, prompt: str, model_id: str, preset: str,
+    def train(self, name: str, image: str | Path, prompt: str, model_id: str, config: TrainConfig,
               watch: TrainWatch | None = None, warn: Callable[[str], None] | None = None) -> Profile:
-        """``imagic-lora train`` with a schedule preset; ``watch`` hears every step and can stop the training."""
-        if preset not in PRESETS:
-            raise InvalidConfig(f"schedule must be one of {', '.join(PRESETS)}, got {preset!r}")
+        """``imagic-lora train``; ``watch`` hears every step and can stop the training before anything is stored."""
         api.check_request(name, prompt)
         self.store().ensure_free(name)
         base = self.model(model_id)
         with listening(watch.hear if watch else lambda step: None):
-            return api.train(name, image, prompt, model=base, config=replace(PRESETS[preset]), store=self.store(),
-                             progress=False, warn=warn)
+            return api.train(name, image, prompt, model=base, config=config, store=self.store(), progress=False,
+                             warn=warn)
 
     def edit(self, name: str, prompt: str, alphas: Sequence[float], config: ApplyConfig | None = None) -> Edit:
         """``imagic-lora apply profile NAME PROMPT`` with ``alphas``; the outputs go to a new folder."""

@@ -1,0 +1,159 @@
+"""The web app's service and callbacks, without a browser: the same results as the CLI, cancel stores nothing,
+errors are one line, and nothing outside the served models is ever loaded."""
+
+import numpy as np
+import pytest
+from helpers import FAST, PROMPT, run, store_snapshot
+from PIL import Image
+
+from imagic_lora import TINY_MODEL, ApplyConfig, ProfileStore
+from imagic_lora.errors import IncompatibleProfile, InvalidConfig, InvalidImage
+from imagic_lora.progress import Cancelled, Step, listening, report
+
+gradio = pytest.importorskip("gradio", reason="the web app's extra: pip install -e '.[ui]'")
+
+from imagic_lora.ui.handlers import Handlers  # noqa: E402
+from imagic_lora.ui.studio import Studio, TrainWatch  # noqa: E402
+
+
+@pytest.fixture
+def studio(tmp_path):
+    return Studio([TINY_MODEL], out_dir=tmp_path / "ui-out")
+
+
+def test_a_listener_hears_only_its_own_context_and_may_stop_the_work():
+    heard = []
+    report("outside", 1, 2)  # nobody listening: nothing happens
+    with listening(heard.append):
+        report("stage", 1, 3, 0.5)
+    report("after", 1, 1)
+    assert heard == [Step("stage", 1, 3, 0.5)]
+
+    def stop(step):
+        raise Cancelled("stopped")
+
+    with listening(stop), pytest.raises(Cancelled):
+        report("stage", 1, 3)
+
+
+def test_training_reports_every_step_with_its_loss_and_stores_the_profile(studio, image_path):
+    watch, steps = TrainWatch(), []
+    watch_hear = watch.hear
+    watch.hear = lambda step: (steps.append(step), watch_hear(step))
+    profile = studio.train("ball", image_path, PROMPT, TINY_MODEL, FAST, watch)
+
+    stages = {step.stage: step for step in steps}
+    assert stages["stage 1/2 embedding"].total == FAST.embedding_steps
+    assert stages["stage 2/2 LoRA"].done == FAST.lora_steps
+    lora_losses = [step.loss for step in steps if step.stage == "stage 2/2 LoRA"]
+    assert sum(lora_losses) / len(lora_losses) == pytest.approx(profile.metadata.losses.lora)  # its last-50 mean
+    assert stages["inverting"].done == FAST.inversion_steps
+    assert ProfileStore().names() == ["ball"]
+    assert [card.name for card in studio.cards()] == ["ball"]
+
+
+def test_cancelling_stops_the_training_and_stores_nothing(studio, image_path):
+    watch = TrainWatch()
+    heard = []
+
+    def hear(step):
+        heard.append(step)
+        if len(heard) == 3:
+            watch.cancelled.set()
+        TrainWatch.hear(watch, step)
+
+    watch.hear = hear
+    with pytest.raises(Cancelled, match="nothing was stored"):
+        studio.train("ball", image_path, PROMPT, TINY_MODEL, FAST, watch)
+    assert heard[-1] == Step("stage 1/2 embedding", 3, FAST.embedding_steps, heard[-1].loss)  # stopped there
+    assert ProfileStore().names() == []
+
+
+def test_an_edit_has_the_pixels_and_parameters_of_the_cli_apply(studio, image_path, tmp_path):
+    studio.train("ball", image_path, PROMPT, TINY_MODEL, FAST)
+    edit = studio.edit("ball", "a blue ball", [0.0, 1.0], ApplyConfig(guidance=3.0))
+    assert [path.name for path in edit.images] == ["ball_a-blue-ball_a0.00_s0.png", "ball_a-blue-ball_a1.00_s0.png"]
+    assert edit.grid is not None and edit.grid.name == "ball_a-blue-ball_grid.png"
+
+    cli_out = tmp_path / "cli"
+    result = run("apply", "profile", "ball", "a blue ball", "--alpha", 0, "--alpha", 1, "--guidance", 3,
+                 "--out", cli_out)
+    assert result.exit_code == 0, result.output
+    for path in edit.images:
+        ours, theirs = Image.open(path), Image.open(cli_out / path.name)
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+        assert ours.text["parameters"] == theirs.text["parameters"]
+    assert edit.before.size == Image.open(edit.images[0]).size
+
+
+def test_only_the_served_models_are_loaded(studio, trained, tmp_path):
+    with pytest.raises(InvalidConfig, match=r"this app serves 'builtin:tiny', not '/etc'. Try: imagic-lora ui"):
+        studio.model("/etc")
+    shapes_only = Studio(["builtin:shapes"], out_dir=tmp_path / "out")
+    path = tmp_path / "ball.imagic.safetensors"
+    path.write_bytes(trained.to_bytes())
+    before = store_snapshot()
+    with pytest.raises(IncompatibleProfile, match="made for 'builtin:tiny', which this app does not serve"):
+        shapes_only.import_file(path)
+    assert store_snapshot() == before
+    assert studio.import_file(path).name == "ball"
+    with pytest.raises(IncompatibleProfile, match="which this app does not serve"):
+        shapes_only.edit("ball", "a blue ball", [1.0])
+
+
+def test_exports_are_the_clis_files(studio, trained, tmp_path):
+    ProfileStore().save(trained)
+    whole = studio.export("ball", "profile")
+    assert whole.read_bytes() == ProfileStore().get_bytes("ball")
+    for kind, flag in (("LoRA, diffusers", "diffusers"), ("LoRA, kohya", "kohya")):
+        ours = studio.export("ball", kind)
+        theirs = tmp_path / f"{flag}.safetensors"
+        assert run("profiles", "export", "ball", theirs, "--format", flag).exit_code == 0
+        assert _contents(ours) == _contents(theirs)
+    with pytest.raises(InvalidConfig, match="export must be one of"):
+        studio.export("ball", "zip")
+
+
+def test_a_bad_photo_is_refused_before_any_model_loads(studio, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InvalidImage):
+        studio.preview(text)
+    assert studio._loaded == {}
+
+
+def test_the_callbacks_show_one_error_line_and_keep_serving(studio, tmp_path, trained):
+    handlers = Handlers(lambda: studio)
+    broken = tmp_path / "broken.imagic.safetensors"
+    broken.write_bytes(trained.to_bytes()[:1000])
+    *_, status = handlers.imported(str(broken))
+    assert status.startswith("Error: ") and "\n" not in status
+    assert ProfileStore().names() == []
+
+    *_, status = handlers.edit("nobody", "a blue ball", 1.0, False, 0, 1, 2, 2.0, "inversion", True, 50, 0)
+    assert status == "Error: profile 'nobody' not found. Try: imagic-lora profiles list"
+    *_, status = handlers.edit(None, "a blue ball", 1.0, False, 0, 1, 2, 2.0, "inversion", True, 50, 0)
+    assert status.startswith("Error: pick a profile first")
+
+    updates = list(handlers.train(str(tmp_path / "missing.png"), "ball", PROMPT, TINY_MODEL,
+                                  "quick: 50 + 100 steps (the default)"))
+    assert updates[-1][1].startswith("Error: ") and "missing.png" in updates[-1][1]
+    assert handlers.cancel() == "No training is running."
+
+    *_, status = handlers.imported(str(_saved(trained, tmp_path)))
+    assert status == "Imported profile 'ball'"
+    assert handlers.listing()[-1] == "1 profile(s) in the store"
+
+
+def _saved(profile, folder):
+    path = folder / "good.imagic.safetensors"
+    path.write_bytes(profile.to_bytes())
+    return path
+
+
+def _contents(path):
+    """A safetensors file's metadata and tensors (its header's key order is not fixed)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as file:
+        return file.metadata(), {key: file.get_tensor(key).tolist() for key in file.keys()}  # noqa: SIM118
