@@ -3,16 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast ui
 
 $(BIN)/imagic-lora: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# the CPU build of torch first, or pip pulls a multi-GB CUDA build for the dependencies
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ui]'
 	touch $@
+
+# the web app's browser test drives Debian's Chromium, headless
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q chromium > /dev/null || \
+		($(SUDO) apt-get update -q > /dev/null && $(SUDO) apt-get install -y -q chromium > /dev/null)
 
 setup: $(BIN)/imagic-lora
 
@@ -22,10 +29,14 @@ demo: setup
 	$(BIN)/imagic-lora apply profile demo "a large blue circle on the left" --alpha 0 --alpha 1 --out $(OUT)
 	@echo "Before/after: $(OUT)/demo_a-large-blue-circle-on-the-left_grid.png"
 
-test: setup
+test: setup $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # the everyday loop: everything but the tests marked slow (real sizes, several processes, benchmarks)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the local web app on http://127.0.0.1:7860 with the built-in model (Ctrl+C stops it)
+ui: setup
+	$(BIN)/imagic-lora ui --model builtin:shapes

@@ -5,6 +5,7 @@ import hashlib
 import json
 import sqlite3
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,13 @@ def with_lora_alpha(profile, alpha: float):
     settings = profile.metadata.settings
     lora = dataclasses.replace(settings.lora, alpha=alpha)
     return with_metadata_fields(profile, settings=dataclasses.replace(settings, lora=lora))
+
+
+def forged_png(path, width, height):
+    """A PNG whose header declares ``width`` x ``height`` but holds no pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path

@@ -1,8 +1,7 @@
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from helpers import forged_png
 from PIL import Image
 
 from imagic_lora import InvalidImage
@@ -65,19 +64,9 @@ def test_to_tensor_range():
     assert tensor[0, 0].eq(1).all() and tensor[0, 1].eq(-1).all()
 
 
-def _forged_png(path, width, height):
-    """A PNG whose header declares ``width`` x ``height`` but holds no pixel data."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
-    return path
-
-
 @pytest.mark.parametrize("side", [9000, 20000])  # 81 MP: over our limit; 400 MP: over Pillow's bomb limit
 def test_decompression_bombs_are_refused_before_decoding(tmp_path, side):
-    path = _forged_png(tmp_path / "bomb.png", side, side)
+    path = forged_png(tmp_path / "bomb.png", side, side)
     with pytest.raises(InvalidImage, match=r"(over the 80 megapixel limit|more than 80 megapixels). Try: a smaller"):
         load_image(path)
 

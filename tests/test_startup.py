@@ -6,7 +6,7 @@ import sys
 
 from helpers import EXAMPLE_PROFILE, run
 
-HEAVY = ("torch", "diffusers", "transformers", "peft", "safetensors")
+HEAVY = ("torch", "diffusers", "transformers", "peft", "safetensors", "gradio")  # gradio: only `ui` loads it
 PROBE = """
 import sys
 from click.testing import CliRunner
