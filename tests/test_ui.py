@@ -144,6 +144,13 @@ def test_the_callbacks_show_one_error_line_and_keep_serving(studio, tmp_path, tr
     assert status == "Imported profile 'ball'"
     assert handlers.listing()[-1] == "1 profile(s) in the store"
 
+    (before, after), strip, download, status = handlers.edit("ball", "a blue ball", 1.0, True, 0, 1, 3, 2.0,
+                                                             "inversion", True, 10, 0)
+    assert status == "Edited 'ball' toward 'a blue ball' at α 0, 0.5, 1."
+    assert [caption for _, caption in strip["value"]] == ["α 0", "α 0.5", "α 1"] and strip["visible"]
+    assert download["value"] == after == strip["value"][-1][0]
+    assert before.size == Image.open(after).size
+
 
 def _saved(profile, folder):
     path = folder / "good.imagic.safetensors"
