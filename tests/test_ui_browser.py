@@ -5,6 +5,7 @@ Set IMAGIC_LORA_UI_SCREENSHOTS=DIR to keep the screenshots (the README's comes f
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -190,14 +191,25 @@ def test_hostile_uploads_show_one_line_and_change_nothing(page, tmp_path, traine
     assert store_snapshot() == before
 
 
-def test_cancel_stops_a_training_and_stores_nothing(page, tmp_path):
+def test_a_second_request_waits_in_the_queue_and_cancel_stores_nothing(page, app, tmp_path):
     page.get_by_role("tab", name="Train").click()
     _upload(page, "train-photo", SHAPES_INPUT)
     _status(page, "train-status", "Photo ready.")
     _fill(page, "train-name", "long")
     _fill(page, "train-prompt", SOURCE)
+    page.locator("#train-schedule input").click()
+    page.get_by_role("option", name="like the SD ports: 500 + 500 steps").click()
     page.locator("#train-run").click()
     _status(page, "train-progress", "stage 1/2 embedding: step", LONG)
+
+    # another tab's edit waits behind the training, and is told its place
+    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})
+    other.goto(app)
+    other.locator("#edit-run").click()
+    playwright.expect(other.locator("#edit-status").get_by_text(re.compile(r"queue: 1/1"))).to_be_visible()
+    _screenshot(other, "ui-queued", tmp_path)
+
     page.locator("#train-cancel").click()
     _status(page, "train-status", "Error: training cancelled; nothing was stored", LONG)
     assert ProfileStore().names() == []
+    _status(other, "edit-status", "Error: pick a profile first")  # it ran once the training had stopped

@@ -85,7 +85,7 @@ def _train_tab(handlers: Handlers, models: Sequence[str]):
             name = gr.Textbox(label="Profile name", placeholder="dog", elem_id="train-name")
             prompt = gr.Textbox(label="What the photo shows", placeholder="a photo of a dog", elem_id="train-prompt")
             model = gr.Dropdown(list(models), value=models[0], label="Base model")
-            preset = gr.Dropdown(list(PRESETS), value=next(iter(PRESETS)), label="Schedule")
+            preset = gr.Dropdown(list(PRESETS), value=next(iter(PRESETS)), label="Schedule", elem_id="train-schedule")
             with gr.Row():
                 run = gr.Button("Train", variant="primary", elem_id="train-run")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
