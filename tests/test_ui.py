@@ -1,6 +1,8 @@
 """The web app's service and callbacks, without a browser: the same results as the CLI, cancel stores nothing,
 errors are one line, and nothing outside the served models is ever loaded."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import FAST, PROMPT, run, store_snapshot
@@ -164,3 +166,43 @@ def _contents(path):
 
     with safe_open(str(path), "pt") as file:
         return file.metadata(), {key: file.get_tensor(key).tolist() for key in file.keys()}  # noqa: SIM118
+
+
+def test_an_unexpected_failure_is_one_line_with_a_log_and_the_app_goes_on(tmp_path):
+    class Broken:
+        def cards(self):
+            raise RuntimeError("boom")
+
+    handlers = Handlers(lambda: Broken())
+    *_, status = handlers.listing()
+    assert status.startswith("Error: unexpected RuntimeError: boom. the full traceback is in ")
+    log = status.split("the full traceback is in ")[1].split("; please attach")[0]
+    assert "RuntimeError: boom" in Path(log).read_text()
+    assert handlers.listing()[-1].startswith("Error: unexpected RuntimeError: boom.")  # and it still answers
+
+
+def test_ui_listens_on_localhost_and_warns_for_any_other_host(monkeypatch):
+    import imagic_lora.ui.app
+
+    served = []
+    monkeypatch.setattr(imagic_lora.ui.app, "serve", lambda *args, **kwargs: served.append((args, kwargs)))
+    result = run("ui")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert served[-1][0][:4] == (["stable-diffusion-v1-5/stable-diffusion-v1-5"], "127.0.0.1", 7860, False)
+    result = run("ui", "--model", "builtin:shapes", "--model", "builtin:tiny", "--host", "0.0.0.0", "--port", 8000)
+    assert result.exit_code == 0
+    assert result.stderr == ("Warning: listening on 0.0.0.0: anyone who can reach this machine can use the app "
+                             "and its profiles\n")
+    assert served[-1][0][:4] == (["builtin:shapes", "builtin:tiny"], "0.0.0.0", 8000, False)
+
+
+def test_ui_without_gradio_says_how_to_install_it(monkeypatch):
+    import sys
+
+    for module in [name for name in sys.modules if name.startswith("imagic_lora.ui")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed: importing it raises ImportError
+    result = run("ui")
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: the web app needs Gradio (gradio is missing). "
+                             "Try: pip install 'imagic-lora[ui]'\n")
