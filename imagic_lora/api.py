@@ -37,7 +37,18 @@ from .noise_maps import DDIM, Start
 from .outputs import OutputNames, write_outputs
 from .paths import user_dir
 from .profile import Profile, check_name
-from .record import ABSENT, EDIT_FRIENDLY, Inversion, LoraSettings, Losses, ProfileMetadata, Settings, TrainingSettings
+from .recipe import resolve
+from .record import (
+    ABSENT,
+    EDIT_FRIENDLY,
+    Inversion,
+    LoraSettings,
+    Losses,
+    ProfileMetadata,
+    Recipe,
+    Settings,
+    TrainingSettings,
+)
 from .store import ProfileStore
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
@@ -52,7 +63,7 @@ def train(
     name: str, image: str | Path, prompt: str, *, model: str | BaseModel | None = None,
     config: TrainConfig | None = None, device: str | None = None, dtype: str | None = None,
     store: ProfileStore | None = None, replace: bool = False, progress: bool = True,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, inform: Callable[[str], None] | None = None,
 ) -> Profile:
     """Run Imagic's two training stages on ``image`` and save the result as profile ``name``.
 
@@ -70,7 +81,7 @@ def train(
     base = model if isinstance(model, BaseModel) else load_model(model, device, dtype)
 
     # 2. train, then store the profile; if the store fails, keep the training in a file
-    profile = make_profile(name, picture, image_sha256, prompt, base, config, progress, warn)
+    profile = make_profile(name, picture, image_sha256, prompt, base, config, progress, warn, inform=inform)
     save_or_rescue(store, profile, replace)
     return profile
 
@@ -85,11 +96,20 @@ def check_request(name: str, prompt: str) -> None:
 
 def make_profile(
     name: str, picture: Image.Image, image_sha256: str, prompt: str, base: BaseModel, config: TrainConfig,
-    progress: bool = True, warn: Callable[[str], None] | None = None,
+    progress: bool = True, warn: Callable[[str], None] | None = None, recipe: Recipe | None = None,
+    inform: Callable[[str], None] | None = None,
 ) -> Profile:
-    """Imagic's two training stages on an already loaded ``picture``: the profile, not yet stored."""
-    # 1. encode the image and the prompt once; sample the base weights before any training
+    """Imagic's two training stages on an already loaded ``picture``: the profile, not yet stored.
+
+    The memory switches ``config`` leaves open are decided here (:func:`imagic_lora.recipe.resolve`) and the
+    choice goes to ``inform`` in one line, unless ``recipe`` says how ``config`` was resolved already.
+    """
+    # 1. choose the recipe; encode the image and the prompt once; sample the base weights before any training
     resolution = config.resolution or base.native_resolution
+    if recipe is None:
+        config, recipe = resolve(config, base, resolution)
+        if inform:
+            inform(recipe.line())
     fitted = fit_image(picture, resolution, config.fit, warn or (lambda message: None))
     warn_truncated(base, prompt, "--prompt", warn)
     latents = encode_image(base, to_tensor(fitted))
@@ -108,7 +128,8 @@ def make_profile(
                                          config.inversion_guidance, config.seed, progress)
 
     # 4. the profile, with everything needed to apply, check and reproduce it
-    metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss)
+    metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss,
+                         recipe)
     e_opt, source = e_opt.map(torch.Tensor.cpu), source.map(torch.Tensor.cpu)
     profile = Profile(
         name=name, e_opt=e_opt.embeds, source_embedding=source.embeds, lora=lora,
@@ -162,7 +183,7 @@ def training_settings(base: BaseModel, fingerprint: str, config: TrainConfig) ->
     )
 
 
-def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> ProfileMetadata:
+def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2, recipe) -> ProfileMetadata:
     return ProfileMetadata(
         source_prompt=prompt,
         base_model=base.model_id,
@@ -170,6 +191,7 @@ def _metadata(base, fingerprint, prompt, config, image_sha256, loss1, loss2) -> 
         settings=training_settings(base, fingerprint, config),
         losses=Losses(embedding=loss1, lora=loss2),
         inversion=stored_inversion(config),
+        recipe=recipe,
         image_sha256=image_sha256,
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         library_version=__version__,

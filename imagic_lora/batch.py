@@ -9,6 +9,7 @@ crash finishes only what is missing; a failing row is reported and the batch goe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -21,7 +22,7 @@ from .config import TrainConfig
 from .errors import ImagicError, InvalidConfig, ModelLoadError, OutputError, ReportedElsewhere
 from .files import read_text
 from .limits import MAX_BATCH_ROWS
-from .record import ProfileMetadata, Settings
+from .record import ProfileMetadata, Recipe, Settings
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
 
@@ -263,14 +264,19 @@ def run_rows(rows: list[BatchRow], job: BatchJob, target, base) -> list[RowResul
     from tqdm.auto import tqdm
 
     from .api import training_settings
+    from .recipe import resolve
 
+    # one recipe for the whole run, chosen before any row trains, so every row records the same settings
+    config, recipe = resolve(job.config, base, job.config.resolution or base.native_resolution)
+    job.report(recipe.line())
+    job = dataclasses.replace(job, config=config)
     # the settings an existing profile must record to be skipped: fingerprinting walks every weight, so once
     expected = functools.cache(lambda: training_settings(base, base.fingerprint(), job.config))
     results = []
     for row in tqdm(rows, desc=job.description, unit="row", disable=not job.progress, dynamic_ncols=True):
         start = time.perf_counter()
         try:
-            status, reason = _run_row(row, job, target, base, expected)
+            status, reason = _run_row(row, job, target, base, expected, recipe)
         except ImagicError as ex:
             status, reason = FAILED, str(ex)
         except Exception as ex:  # one row's unexpected failure (out of memory, a broken file) stops only that row
@@ -289,7 +295,8 @@ def _row_line(row: BatchRow, result: RowResult) -> str:
     return f"Done: {row.label} in {result.seconds:.1f} s, {result.reason}"
 
 
-def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], Settings]) -> tuple[str, str]:
+def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], Settings],
+             recipe: Recipe) -> tuple[str, str]:
     """(status, reason): the row trained and saved, or skipped as already done."""
     from .api import make_profile, stored_inversion
     from .images import file_sha256, load_image
@@ -313,7 +320,7 @@ def _run_row(row: BatchRow, job: BatchJob, target, base, expected: Callable[[], 
             return FAILED, (f"profile {row.name!r} exists, made from another image or with other settings. "
                             "Try: --replace, or another name")
     profile = make_profile(row.name, picture, image_sha256, row.prompt, base, job.config,
-                           progress=job.progress and job.row_progress, warn=warnings.append)
+                           progress=job.progress and job.row_progress, warn=warnings.append, recipe=recipe)
     where = target.save(profile, replace=occupied)
     for warning in warnings:
         job.report(f"Warning: {row.label}: {warning}")

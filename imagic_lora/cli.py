@@ -13,7 +13,7 @@ from dataclasses import fields
 
 import click
 
-from .config import FITS, OPTIMIZERS, STARTS, ApplyConfig, TrainConfig
+from .config import FITS, MEMORY_MODES, OPTIMIZERS, STARTS, ApplyConfig, TrainConfig
 from .crash import crash_message
 from .errors import ImagicError, ReportedElsewhere
 from .families import BENCH_FAMILIES
@@ -125,8 +125,9 @@ def training_options(func):
         click.option("--rank", type=int, default=_default(TrainConfig, "rank"), show_default=True, help="LoRA rank."),
         click.option("--lora-alpha", type=float, default=_default(TrainConfig, "lora_alpha"), show_default=True,
                      help="LoRA scale numerator (scale = alpha / rank)."),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_default(TrainConfig, "optimizer"),
-                     show_default=True, help="Stage 2 optimizer: bitsandbytes 8-bit AdamW or torch AdamW."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
+                     help="Stage 2 optimizer: bitsandbytes 8-bit AdamW or torch AdamW [default: --memory "
+                     "decides]."),
         click.option("--resolution", type=int, default=None, help="Training size in pixels [default: the model's]."),
         click.option("--fit", type=click.Choice(FITS), default=_default(TrainConfig, "fit"), show_default=True,
                      help="Make a non-square image square by center-cropping or padding."),
@@ -141,10 +142,16 @@ def training_options(func):
         click.option("--inversion-guidance", type=float, default=_default(TrainConfig, "inversion_guidance"),
                      show_default=True, help="The guidance the kept inversion is made for: apply at this "
                      "--guidance starts from it at no cost; another guidance inverts again."),
+        click.option("--memory", type=click.Choice(MEMORY_MODES), default=_default(TrainConfig, "memory"),
+                     show_default=True, help="Which memory savings training pays for in time: auto picks the "
+                     "fastest recipe whose estimate fits the GPU's free memory (the CPU keeps its own); low: all "
+                     "of them (an 8 GB card); high: none. The three flags below override it; the choice is "
+                     "printed and kept in the profile."),
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-                     help="Recompute UNet activations in backward to save memory [default: on for GPUs]."),
-        click.option("--offload-encoders/--no-offload-encoders", default=True, show_default=True,
-                     help="Move the VAE and text encoder off the GPU while training."),
+                     help="Recompute UNet activations in backward to save memory [default: --memory decides]."),
+        click.option("--offload-encoders/--no-offload-encoders", default=None,
+                     help="Move the VAE and text encoders off the GPU while training [default: --memory "
+                     "decides]."),
     ]
     func = model_options(func)
     for option in reversed(options):
@@ -164,7 +171,7 @@ def train(name, image, prompt, model, replace, device, dtype, **settings) -> Non
     from .api import train as train_profile
 
     profile = train_profile(name, image, prompt, model=model, config=TrainConfig(**settings),
-                            device=device, dtype=dtype, replace=replace, warn=_warn)
+                            device=device, dtype=dtype, replace=replace, warn=_warn, inform=_tqdm_echo)
     losses = profile.metadata.losses
     echo(f"Saved profile {profile.name!r} (embedding loss {_fmt(losses.embedding)}, "
          f"LoRA loss {_fmt(losses.lora)}). Try: imagic-lora apply profile {profile.name} \"...\"")

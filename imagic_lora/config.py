@@ -18,6 +18,7 @@ from .limits import (
 )
 
 OPTIMIZERS = ("adamw8bit", "adamw")
+MEMORY_MODES = ("auto", "low", "high")  # imagic_lora.recipe: which memory savings training pays for
 STARTS = ("noise", "inversion", "ddim")
 FITS = ("crop", "pad")
 
@@ -51,7 +52,7 @@ class TrainConfig:
     lora_lr: float = 2e-3
     rank: int = 8
     lora_alpha: float = 8.0
-    optimizer: str = "adamw8bit"
+    optimizer: str | None = None  # None: --memory decides (8-bit AdamW on small cards and the CPU)
     resolution: int | None = None
     fit: str = "crop"
     seed: int = 0
@@ -59,9 +60,10 @@ class TrainConfig:
     # the inversion stored in the profile: apply with as many --steps at this --guidance starts from it at no cost
     inversion_steps: int = DEFAULT_SAMPLING_STEPS
     inversion_guidance: float = DEFAULT_GUIDANCE
-    # the low-memory switches, on by default on an accelerator; the benchmark turns them off to compare
+    # the memory switches: None lets --memory decide each from the device (imagic_lora.recipe); a value wins
+    memory: str = "auto"
     gradient_checkpointing: bool | None = None
-    offload_encoders: bool = True
+    offload_encoders: bool | None = None
 
     def __post_init__(self) -> None:
         _check(self.embedding_steps >= 0, f"--embedding-steps must be >= 0, got {self.embedding_steps}")
@@ -79,9 +81,11 @@ class TrainConfig:
                f"--lora-alpha must be in (0, {MAX_LORA_ALPHA:g}], got {self.lora_alpha}")
         _check(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**63), got {self.seed}")
         _check(
-            self.optimizer in OPTIMIZERS,
+            self.optimizer is None or self.optimizer in OPTIMIZERS,
             f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
         )
+        _check(self.memory in MEMORY_MODES,
+               f"--memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
         _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.resolution is not None:
             _check(

@@ -6,6 +6,7 @@ version 2 also ``image_latents`` (the VAE latents trained on) and ``start_latent
 inversion under e_opt and the adapter), both fp16; from format version 3 (SDXL profiles) also
 ``e_opt_pooled`` (fp32) and ``source_pooled`` (fp16), the pooled embeddings of SDXL's second text encoder;
 from format version 4 also ``noise_maps`` (fp16), which make ``start_latents`` the edit-friendly inversion.
+Format version 5 holds the tensors of version 4; its metadata adds the training recipe's record.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .validate import (
     FORMAT_VERSION,
     MAX_FILE_BYTES,
     NOISE_MAPS_FORMAT_VERSION,
+    RECIPE_FORMAT_VERSION,
     XL_FORMAT_VERSION,
     check_name,
     data_section,
@@ -76,11 +78,13 @@ class Profile:
 
     @property
     def format_version(self) -> int:
-        """The one place the format version is decided: 1 without latents, 4 with noise maps, else the
-        family's version (2, or 3 for SDXL)."""
+        """The one place the format version is decided: 1 without latents, 5 with noise maps and the training
+        recipe's record, 4 with noise maps alone, else the family's version (2, or 3 for SDXL)."""
         if self.start_latents is None:
             return 1
-        return NOISE_MAPS_FORMAT_VERSION if self.noise_maps is not None else self.family.profile_format_version
+        if self.noise_maps is None:
+            return self.family.profile_format_version
+        return RECIPE_FORMAT_VERSION if self.metadata.recipe is not ABSENT else NOISE_MAPS_FORMAT_VERSION
 
     @property
     def condition(self) -> Condition:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InvalidProfileFile
 from .limits import MAX_LORA_ALPHA, MAX_RANK, MAX_RESOLUTION, MAX_STEPS, MIN_RESOLUTION, RESOLUTION_STEP
-from .validate import parse_json
+from .validate import RECIPE_FORMAT_VERSION, parse_json
 
 
 class _Absent:
@@ -89,6 +89,32 @@ class Inversion:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a training run spent the device's memory (:mod:`imagic_lora.recipe`), as a profile records it
+    (format version 5)."""
+
+    memory: str  # the mode asked for: auto, low or high
+    level: str  # fast, offloaded or lean; "cpu" for auto on the CPU; "explicit" when flags decided all three
+    gradient_checkpointing: bool
+    offload_encoders: bool
+    optimizer: str
+    free_gib: float | None  # the device memory the run could use (free + the model's own); None on the CPU
+    needed_gib: float | None  # the estimate for the chosen level, headroom included; None if not estimated
+
+    def line(self) -> str:
+        """One line for the terminal: what was chosen and why."""
+        checkpointing = "gradient checkpointing" if self.gradient_checkpointing else "no checkpointing"
+        optimizer = "8-bit AdamW" if self.optimizer == "adamw8bit" else "fp32 AdamW"
+        if self.level == "cpu":
+            return f"memory {self.memory} on the CPU: {checkpointing}, {optimizer}"
+        why = ""
+        if self.free_gib is not None and self.needed_gib is not None:
+            why = f" ({self.free_gib:.1f} GiB free, about {self.needed_gib:.1f} GiB needed)"
+        encoders = f"encoders {'off' if self.offload_encoders else 'on'} the device"
+        return f"memory {self.memory}: {self.level} recipe{why}: {checkpointing}, {optimizer}, {encoders}"
+
+
+@dataclass(frozen=True)
 class ProfileMetadata:
     """The ``profile`` JSON of a profile file (format versions 1 to 4)."""
 
@@ -102,6 +128,7 @@ class ProfileMetadata:
     format_version: int = ABSENT  # a copy of the header's, which :attr:`Profile.format_version` decides
     family: str | None = ABSENT  # in profiles made since SDXL support; None for the built-in models
     inversion: Inversion = ABSENT  # from format version 2
+    recipe: Recipe = ABSENT  # from format version 5
 
     def trained_like(self, settings: Settings, inversion: Inversion, image_sha256: str) -> bool:
         """Whether this profile was made from that image with those settings (the batch skip rule)."""
@@ -169,6 +196,7 @@ class _Reader:
             created_at=data["created_at"], library_version=data["library_version"],
             format_version=self.optional(data, "format_version", int),
             family=self.optional(data, "family", (str, type(None))), inversion=inversion,
+            recipe=self.recipe(data.get("recipe", ABSENT), version),
         )
 
     def lora(self, data: dict) -> LoraSettings:
@@ -187,6 +215,15 @@ class _Reader:
         if not isinstance(data, dict) or not _is_int_in(data.get("steps"), 1, MAX_STEPS):
             self.fail(f"metadata has no valid inversion steps (1-{MAX_STEPS})")
         return self.record(Inversion, data, "inversion")
+
+    def recipe(self, data: Any, version: int) -> Recipe:
+        if version < RECIPE_FORMAT_VERSION:
+            if data is not ABSENT:
+                self.fail(f"metadata has a 'recipe', which format version {version} does not hold")
+            return ABSENT
+        if not isinstance(data, dict):
+            self.fail("metadata lacks 'recipe' (expected dict)")
+        return self.record(Recipe, data, "recipe")
 
     def record(self, kind: type, data: dict, where: str):
         """A record of ``kind`` from ``data``: every field of its type, optional ones (default ABSENT) may lack."""
@@ -218,17 +255,20 @@ REQUIRED = {
     "source_prompt": str, "base_model": str, "base_fingerprint": str, "lora": dict, "training": dict,
     "losses": dict, "resolution": int, "image_sha256": str, "created_at": str, "library_version": str,
 }
-TOP_KEYS = set(REQUIRED) | {"format_version", "family", "inversion", "pipeline"}
-FIELD_TYPES = {"int": int, "float": NUMBER, "str": str, "float | None": (*NUMBER, type(None))}
+TOP_KEYS = set(REQUIRED) | {"format_version", "family", "inversion", "pipeline", "recipe"}
+FIELD_TYPES = {"int": int, "float": NUMBER, "str": str, "bool": bool, "float | None": (*NUMBER, type(None))}
 
 
 def _is(value: Any, kind) -> bool:
     """An isinstance in which a bool is not a number (JSON's true is not 1)."""
+    if kind is bool:
+        return isinstance(value, bool)
     return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def _kind_name(kind) -> str:
-    names = {int: "int", str: "str", dict: "dict", NUMBER: "a number", FIELD_TYPES["float | None"]: "a number or null",
+    names = {int: "int", str: "str", dict: "dict", bool: "true or false", NUMBER: "a number",
+             FIELD_TYPES["float | None"]: "a number or null",
              (str, type(None)): "a string or null"}
     return names[kind]
 

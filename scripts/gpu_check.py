@@ -53,8 +53,9 @@ def step(name: str, command: list[str], env: dict[str, str]) -> dict:
     print(done.stdout[-4000:], flush=True)
     lines = done.stdout.strip().splitlines()
     peaks = [int(line[len(PEAK_PREFIX):]) for line in lines if line.startswith(PEAK_PREFIX)]
+    recipe = next((line for line in lines if line.startswith("memory ")), None)  # train's --memory choice
     return {"name": name, "command": command, "exit_code": done.returncode, "seconds": round(seconds, 1),
-            "peak_cuda_bytes": peaks[-1] if peaks else None, "tail": lines[-15:]}
+            "peak_cuda_bytes": peaks[-1] if peaks else None, "recipe": recipe, "tail": lines[-15:]}
 
 
 def cli(*args: str) -> list[str]:

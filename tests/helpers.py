@@ -24,7 +24,8 @@ EXAMPLE_INPUT = REPO / "profiles" / "example-input.png"
 EXAMPLE_PROFILE = REPO / "profiles" / "example.imagic.safetensors"
 # one profile file of each format version, as the release before the typed record wrote them
 FORMAT_FILES = {1: EXAMPLE_PROFILE, 2: REPO / "tests" / "data" / "format-v2.imagic.safetensors",
-                3: REPO / "tests" / "data" / "format-v3.imagic.safetensors"}
+                3: REPO / "tests" / "data" / "format-v3.imagic.safetensors",
+                4: REPO / "tests" / "data" / "format-v4.imagic.safetensors"}
 PROMPT = "a red ball on green grass"
 # Few steps, with a LoRA learning rate high enough that the adapter visibly changes the output.
 FAST = TrainConfig(embedding_steps=4, lora_steps=6, lora_lr=1e-2)
@@ -76,6 +77,14 @@ def with_metadata(data: bytes, **changes) -> bytes:
     meta = json.loads(read_header(data, "test")["profile"])
     meta.update(changes)
     return rewrite(data, header={"profile": json.dumps(meta)})
+
+
+def as_version_4(data: bytes) -> bytes:
+    """Profile bytes of format version 5 written as version 4: the same tensors, without the recipe's record."""
+    meta = json.loads(read_header(data, "test")["profile"])
+    del meta["recipe"]
+    meta["format_version"] = 4
+    return rewrite(data, header={"profile": json.dumps(meta), "format_version": "4"})
 
 
 def with_metadata_fields(profile, **changes):

@@ -185,7 +185,8 @@ def hostile_files(data: bytes, tmp_path):
         ("other", rewrite(data, header={"format": "something-else"}),
          "is not an imagic-lora profile (no 'imagic-lora-profile' metadata)"),
         ("future", rewrite(data, header={"format_version": "99"}),
-         "has profile format version '99'; this imagic-lora reads versions 1, 2, 3 and 4. Try: upgrading imagic-lora"),
+         "has profile format version '99'; this imagic-lora reads versions 1, 2, 3, 4 and 5. "
+         "Try: upgrading imagic-lora"),
         ("badjson", rewrite(data, header={"profile": "{not json"}), "has unreadable profile metadata (not JSON)"),
         ("nometa", with_metadata(data, base_model=None), "metadata lacks 'base_model' (expected str)"),
         ("missing", rewrite(data, tensors={"e_opt": None}), ": missing tensor 'e_opt'"),

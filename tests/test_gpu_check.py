@@ -26,4 +26,5 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
         assert bench["imagic-lora"][sampling]["seconds_each"] > 0
     assert "at the defaults (stored inversion, keep)" in "\n".join(results["steps"][0]["tail"])
     assert results["steps"][1]["peak_cuda_bytes"] == 0, "the peak is read from the command's output (0 on a CPU)"
+    assert results["steps"][1]["recipe"] == "memory auto on the CPU: no checkpointing, 8-bit AdamW"
     assert len(list((tmp_path / "images-tiny-xl").glob("*.png"))) == 1

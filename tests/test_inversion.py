@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE_PROFILE, FORMAT_FILES, REPO, error_line, pixels, rewrite, run
+from helpers import EXAMPLE_PROFILE, FORMAT_FILES, REPO, as_version_4, error_line, pixels, rewrite, run
 from PIL import Image
 
 from imagic_lora import ApplyConfig, ProfileStore, TrainConfig, apply, load_model, read_profile_file, train
@@ -31,8 +31,8 @@ def started_from(path) -> str:
 RECONSTRUCTED = (0, 3)
 
 
-def test_a_new_profile_is_version_4_and_keeps_its_latents_and_their_edit_friendly_inversion(trained):
-    assert trained.format_version == 4 and trained.metadata.format_version == 4
+def test_a_new_profile_is_version_5_and_keeps_its_latents_and_their_edit_friendly_inversion(trained):
+    assert trained.format_version == 5 and trained.metadata.format_version == 5  # 4 plus the recipe's record
     assert trained.image_latents.shape == trained.start_latents.shape == (1, 4, 32, 32)  # builtin:tiny at 64 px
     assert trained.noise_maps.shape == (50, 4, 32, 32)
     assert not torch.equal(trained.image_latents, trained.start_latents)
@@ -159,7 +159,7 @@ def test_hostile_latents_are_refused(trained, tensors, header, message):
     from imagic_lora.errors import InvalidProfileFile
 
     with pytest.raises(InvalidProfileFile, match=message.replace("[", r"\[")):
-        Profile.from_bytes(rewrite(trained.to_bytes(), tensors=tensors, header=header))
+        Profile.from_bytes(rewrite(as_version_4(trained.to_bytes()), tensors=tensors, header=header))
 
 
 def test_version_2_needs_its_inversion_steps(trained):

@@ -64,7 +64,7 @@ def test_cli_end_to_end_on_the_real_architecture(real_model, image_path, tmp_pat
     assert profile.e_opt.shape == (1, 77, width)
     assert profile.resolution == 64
     assert profile.metadata.family == family
-    assert (profile.e_opt_pooled is not None) == (family == "sdxl") and profile.format_version == 4
+    assert (profile.e_opt_pooled is not None) == (family == "sdxl") and profile.format_version == 5
     assert profile.noise_maps.shape == (2, *profile.image_latents.shape[1:])  # trained with 2 inversion steps
     if family == "sdxl":
         assert profile.e_opt_pooled.shape == profile.source_pooled.shape == (1, 1280)

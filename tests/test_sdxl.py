@@ -6,7 +6,7 @@ The same paths run at SDXL's real size in tests/test_real_architectures.py.
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, PROMPT, error_line, pixels, rewrite, run, store_snapshot
+from helpers import FAST, PROMPT, as_version_4, error_line, pixels, rewrite, run, store_snapshot
 from safetensors.torch import load as load_tensors
 
 from imagic_lora import ProfileStore, load_model, train
@@ -37,7 +37,7 @@ def test_cli_end_to_end_on_the_tiny_sdxl(image_path, tmp_path):
     trained = run("train", "xl", image_path, "--prompt", PROMPT, "--model", "builtin:tiny-xl", *TRAIN)
     assert trained.exit_code == 0, trained.output
     profile = ProfileStore().get("xl")
-    assert profile.format_version == 4 and profile.metadata.format_version == 4
+    assert profile.format_version == 5 and profile.metadata.format_version == 5
     assert profile.e_opt.shape == (1, 77, 64) and profile.e_opt_pooled.shape == (1, 32)
     assert not torch.equal(profile.e_opt_pooled, profile.source_pooled), "stage 1 moved the pooled embedding"
     assert profile.metadata.settings.pipeline == "StableDiffusionXLPipeline"
@@ -112,7 +112,8 @@ def test_hostile_version_3_files_are_refused(xl_bytes, tmp_path):
     nan = pooled.clone()
     nan[0, 3] = float("nan")
     _refused(rewrite(xl_bytes, tensors={"e_opt_pooled": nan}), tmp_path, "'e_opt_pooled' holds NaN")
-    _refused(rewrite(xl_bytes, header={"format_version": "2"}), tmp_path, "unexpected tensor '")  # pooled or maps
+    _refused(rewrite(as_version_4(xl_bytes), header={"format_version": "2"}), tmp_path,
+             "unexpected tensor '")  # pooled or maps
     _refused(rewrite(xl_bytes, tensors={"source_pooled": None}), tmp_path, "missing tensor 'source_pooled'")
 
 

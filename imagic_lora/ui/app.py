@@ -9,6 +9,7 @@ the background once the server answers.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ DEFAULTS = ApplyConfig()
 
 def build(handlers: Handlers, models: Sequence[str]) -> gr.Blocks:
     """The page: Edit, Train and Profiles tabs wired to ``handlers``."""
-    with gr.Blocks(title="imagic-lora") as page:
+    with gr.Blocks(title="imagic-lora", delete_cache=(3600, 86400)) as page:  # hourly, what is a day old
         gr.Markdown("# imagic-lora\nEdit a real photo from one sentence with its edit profile.")
         with gr.Tab("Edit", id="edit"):
             edit_profile = _edit_tab(handlers)
@@ -153,3 +154,4 @@ def serve(models: Sequence[str], host: str = "127.0.0.1", port: int = 7860, shar
         page.block_thread()
     finally:
         page.close()
+        shutil.rmtree(out_dir, ignore_errors=True)
