@@ -206,3 +206,13 @@ def test_ui_without_gradio_says_how_to_install_it(monkeypatch):
     assert result.exit_code == 1
     assert result.stderr == ("Error: the web app needs Gradio (gradio is missing). "
                              "Try: pip install 'imagic-lora[ui]'\n")
+
+
+def test_the_train_callback_shows_the_steps_the_recipe_and_the_result(studio, image_path):
+    handlers = Handlers(lambda: studio)
+    updates = list(handlers.train(str(image_path), " ball ", PROMPT, TINY_MODEL, "quick: 50 + 100 steps (the default)"))
+    bars, lines = zip(*updates, strict=True)
+    assert '<progress value="50" max="50"' in bars[-1] and "inverting: step 50 of 50" in bars[-1]  # the last stage
+    assert any("(memory auto on the CPU: no checkpointing, 8-bit AdamW)" in line for line in lines)
+    assert lines[-1].startswith("Saved profile 'ball' (embedding loss ")
+    assert ProfileStore().get("ball").metadata.settings.training.lora_steps == 100

@@ -109,14 +109,22 @@ def _upload(page, element: str, path: Path) -> None:
     page.locator(f"#{element} input[type=file]").set_input_files(str(path))
 
 
-def test_train_browse_edit_and_download_in_the_browser(page, tmp_path):
-    # 1. train: drop a photo, describe it, see each step with its loss, find the profile in the gallery
+def _start_training(page, name: str, schedule: str | None = None) -> None:
+    """Drop the shapes photo on the Train tab, name and describe it, pick ``schedule``, press Train."""
     page.get_by_role("tab", name="Train").click()
     _upload(page, "train-photo", SHAPES_INPUT)
     _status(page, "train-status", "Photo ready.")
-    _fill(page, "train-name", "demo")
+    _fill(page, "train-name", name)
     _fill(page, "train-prompt", SOURCE)
+    if schedule:
+        page.locator("#train-schedule input").click()
+        page.get_by_role("option", name=schedule).click()
     page.locator("#train-run").click()
+
+
+def test_train_browse_edit_and_download_in_the_browser(page, tmp_path):
+    # 1. train: drop a photo, describe it, see each step with its loss, find the profile in the gallery
+    _start_training(page, "demo")
     step = _status(page, "train-progress", "step", LONG)
     assert "of" in step
     saved = _status(page, "train-status", "Saved profile 'demo'", LONG)
@@ -192,14 +200,7 @@ def test_hostile_uploads_show_one_line_and_change_nothing(page, tmp_path, traine
 
 
 def test_a_second_request_waits_in_the_queue_and_cancel_stores_nothing(page, app, tmp_path):
-    page.get_by_role("tab", name="Train").click()
-    _upload(page, "train-photo", SHAPES_INPUT)
-    _status(page, "train-status", "Photo ready.")
-    _fill(page, "train-name", "long")
-    _fill(page, "train-prompt", SOURCE)
-    page.locator("#train-schedule input").click()
-    page.get_by_role("option", name="like the SD ports: 500 + 500 steps").click()
-    page.locator("#train-run").click()
+    _start_training(page, "long", "like the SD ports: 500 + 500 steps")
     _status(page, "train-progress", "stage 1/2 embedding: step", LONG)
 
     # another tab's edit waits behind the training, and is told its place

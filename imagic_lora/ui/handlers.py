@@ -126,11 +126,12 @@ class Handlers:
             return
         watch, outcome = TrainWatch(), {}
         warnings: list[str] = []
+        recipe: list[str] = []
 
         def work() -> None:
             try:
                 outcome["profile"] = self.studio().train(name.strip(), upload, prompt, model_id, PRESETS[preset], watch,
-                                                         warnings.append)
+                                                         warnings.append, recipe.append)
             except BaseException as ex:  # reported on the page by the loop below
                 outcome["error"] = ex
 
@@ -140,7 +141,7 @@ class Handlers:
         yield _bar(None), "Loading the model..."
         while thread.is_alive():
             thread.join(0.3)
-            yield _bar(watch.step), _step_line(watch.step)
+            yield _bar(watch.step), " ".join([_step_line(watch.step), *(f"({line})" for line in recipe)])
         if "error" in outcome:
             yield _bar(watch.step), said(outcome["error"])
             return

@@ -152,14 +152,16 @@ class Studio:
         return fit_image(load_image(path), PREVIEW_SIZE, TrainConfig().fit)
 
     def train(self, name: str, image: str | Path, prompt: str, model_id: str, config: TrainConfig,
-              watch: TrainWatch | None = None, warn: Callable[[str], None] | None = None) -> Profile:
-        """``imagic-lora train``; ``watch`` hears every step and can stop the training before anything is stored."""
+              watch: TrainWatch | None = None, warn: Callable[[str], None] | None = None,
+              inform: Callable[[str], None] | None = None) -> Profile:
+        """``imagic-lora train``; ``watch`` hears every step and can stop the training before anything is stored;
+        ``inform`` hears the memory recipe chosen."""
         api.check_request(name, prompt)
         self.store().ensure_free(name)
         base = self.model(model_id)
         with listening(watch.hear if watch else lambda step: None):
             return api.train(name, image, prompt, model=base, config=config, store=self.store(), progress=False,
-                             warn=warn)
+                             warn=warn, inform=inform)
 
     def edit(self, name: str, prompt: str, alphas: Sequence[float], config: ApplyConfig | None = None) -> Edit:
         """``imagic-lora apply profile NAME PROMPT`` with ``alphas``; the outputs go to a new folder."""
