@@ -131,6 +131,7 @@ def test_train_browse_edit_and_download_in_the_browser(page, tmp_path):
     assert "LoRA loss" in saved
     _screenshot(page, "ui-train", tmp_path)
     page.get_by_role("tab", name="Profiles").click()
+    _status(page, "profiles-status", "1 profile(s) in the store")  # the listing was refreshed after training
     playwright.expect(page.locator("#gallery img")).to_have_count(1)
     playwright.expect(page.locator("#profiles-table")).to_contain_text(SOURCE)
 

@@ -41,7 +41,7 @@ def build(handlers: Handlers, models: Sequence[str]) -> gr.Blocks:
         with gr.Tab("Profiles", id="profiles"):
             listing = _profiles_tab(handlers, edit_profile)
         page.load(handlers.listing, outputs=listing)
-        trained.then(handlers.refreshed, outputs=listing[:-1])  # the new profile appears
+        trained.then(handlers.listing, outputs=listing)  # the new profile appears in the gallery
     return page
 
 
@@ -68,7 +68,8 @@ def _edit_tab(handlers: Handlers):
             run = gr.Button("Edit", variant="primary", elem_id="edit-run")
         with gr.Column(scale=2):
             slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="edit-result")
-            strip = gr.Gallery(label="α sweep", columns=8, height=200, visible=False, elem_id="edit-strip")
+            strip = gr.Gallery(label="α sweep", columns=8, height=200, visible=False, fit_columns=False,
+                               object_fit="contain", elem_id="edit-strip")
             download = gr.DownloadButton("Download PNG", visible=False, elem_id="edit-download")
             status = gr.Markdown(elem_id="edit-status")
     run.click(handlers.edit, [profile, prompt, alpha, sweep, sweep_from, sweep_to, sweep_count, guidance,
@@ -100,7 +101,8 @@ def _train_tab(handlers: Handlers, models: Sequence[str]):
 
 
 def _profiles_tab(handlers: Handlers, edit_profile: gr.Dropdown) -> list:
-    gallery = gr.Gallery(label="Stored profiles", columns=6, height=260, allow_preview=False, elem_id="gallery")
+    gallery = gr.Gallery(label="Stored profiles", columns=6, height=260, allow_preview=False, fit_columns=False,
+                         object_fit="contain", elem_id="gallery")
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="profiles-table")
     with gr.Row():
         with gr.Column():
