@@ -136,6 +136,8 @@ def test_the_callbacks_show_one_error_line_and_keep_serving(studio, tmp_path, tr
     assert status == "Error: profile 'nobody' not found. Try: imagic-lora profiles list"
     *_, status = handlers.edit(None, "a blue ball", 1.0, False, 0, 1, 2, 2.0, "inversion", True, 50, 0)
     assert status.startswith("Error: pick a profile first")
+    *_, status = handlers.edit("nobody", "a blue ball", 1.0, False, 0, 1, 2, 2.0, "inversion", True, None, 0)
+    assert status == "Error: steps is empty. Try: a number"  # a number field the user emptied
 
     updates = list(handlers.train(str(tmp_path / "missing.png"), "ball", PROMPT, TINY_MODEL,
                                   "quick: 50 + 100 steps (the default)"))

@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from ..crash import crash_message
-from ..errors import ImagicError
+from ..errors import ImagicError, InvalidConfig
 from .choices import PRESETS
 
 TABLE_HEADERS = ["name", "describes", "base model", "created", "size"]
@@ -147,8 +147,8 @@ class Handlers:
             return
         losses = outcome["profile"].metadata.losses
         note = "".join(f" Warning: {w}" for w in warnings)
-        yield _bar(watch.step), (f"Saved profile {name.strip()!r} (embedding loss {losses.embedding:.4f}, "
-                                 f"LoRA loss {losses.lora:.4f}). Open the Edit tab to use it.{note}")
+        yield _bar(watch.step), (f"Saved profile {name.strip()!r} (embedding loss {_loss(losses.embedding)}, "
+                                 f"LoRA loss {_loss(losses.lora)}). Open the Edit tab to use it.{note}")
 
     def cancel(self) -> str:
         """Stop the running training at its next step and wait for it: nothing of it is stored."""
@@ -157,6 +157,8 @@ class Handlers:
             return "No training is running."
         watch.cancelled.set()
         thread.join(60)
+        if thread.is_alive():  # still loading the model: it stops at its first step
+            return "Cancelling: the training stops at its next step; nothing of it will be stored"
         return "Error: training cancelled; nothing was stored"
 
     # editing
@@ -168,7 +170,8 @@ class Handlers:
 
         try:
             alphas = _sweep(sweep_from, sweep_to, sweep_count) if sweep else [alpha]
-            config = ApplyConfig(guidance=guidance, start=start, keep=keep, steps=int(steps), seed=int(seed))
+            config = ApplyConfig(guidance=_number(guidance, "guidance"), start=start, keep=keep,
+                                 steps=int(_number(steps, "steps")), seed=int(_number(seed, "seed")))
             result = self.studio().edit(_required(name), prompt, alphas, config)
         except Exception as ex:
             return None, gr.update(value=None, visible=False), gr.update(value=None, visible=False), said(ex)
@@ -181,17 +184,25 @@ class Handlers:
 
 
 def _required(name: str | None) -> str:
-    from ..errors import InvalidConfig
-
     if not name:
         raise InvalidConfig("pick a profile first. Try: the Train tab, or importing a profile file")
     return name
 
 
-def _sweep(first: float, last: float, count: int) -> list[float]:
-    from ..errors import InvalidConfig
+def _number(value: float | None, what: str) -> float:
+    """A number field's value; an emptied field is refused in one line."""
+    if value is None:
+        raise InvalidConfig(f"{what} is empty. Try: a number")
+    return value
 
-    count = int(count)
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _sweep(first: float, last: float, count: int) -> list[float]:
+    count = int(_number(count, "the sweep's images"))
+    first, last = _number(first, "the sweep's first α"), _number(last, "the sweep's last α")
     if not 2 <= count <= 16:
         raise InvalidConfig(f"a sweep has 2 to 16 images, got {count}")
     return [round(first + (last - first) * i / (count - 1), 4) for i in range(count)]
