@@ -19,14 +19,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .config import MEMORY_MODES
 from .record import Recipe
 
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .models import BaseModel
 
-__all__ = ["MEMORY_MODES", "Recipe", "resolve"]
 GIB = 2**30
 # Activations of a frozen UNet's forward and backward without checkpointing, per byte of its weights at its
 # native size: 0.48 (SD 1.5), 0.98 (SD 2.1) and 1.06 (SDXL) from the classic recipe's stage-1 peaks on an H100
@@ -38,6 +36,7 @@ LEVELS = {  # name: (gradient checkpointing, optimizer, offload encoders), faste
     "offloaded": (False, "adamw", True),
     "lean": (True, "adamw8bit", True),
 }
+SWITCHES = {**LEVELS, "cpu": (False, "adamw8bit", True)}  # the CPU: what it always ran (offloading is a no-op)
 
 
 def weight_bytes(modules) -> int:
@@ -45,8 +44,8 @@ def weight_bytes(modules) -> int:
 
 
 def estimated_needs(unet_bytes: int, encoder_bytes: int, pixel_ratio: float) -> dict[str, float]:
-    """Bytes each level is estimated to need, headroom included, for a UNet and encoders of these sizes at
-    ``pixel_ratio`` times the native pixel count. The lean level needs at most what the fast one does."""
+    """Bytes the fast and offloaded levels are estimated to need, headroom included, for a UNet and encoders of
+    these sizes at ``pixel_ratio`` times the native pixel count; the lean level is what remains when neither fits."""
     activations = ACTIVATIONS_PER_WEIGHT_BYTE * unet_bytes * pixel_ratio
     fast = unet_bytes + encoder_bytes + activations
     return {"fast": fast * HEADROOM, "offloaded": (fast - encoder_bytes) * HEADROOM}
@@ -71,7 +70,7 @@ def resolve(config: TrainConfig, base: BaseModel, resolution: int) -> tuple[Trai
     needs = estimated_needs(unet_bytes, encoder_bytes, (resolution / base.native_resolution) ** 2)
     resident = 0 if free is None else unet_bytes + encoder_bytes  # loaded already: not in the free figure
     level = choose_level(config.memory, needs, None if free is None else free + resident)
-    checkpointing, optimizer, offload = LEVELS.get(level, (False, "adamw8bit", True))
+    checkpointing, optimizer, offload = SWITCHES[level]
     explicit = {"gradient_checkpointing": config.gradient_checkpointing, "optimizer": config.optimizer,
                 "offload_encoders": config.offload_encoders}
     chosen = {"gradient_checkpointing": checkpointing, "optimizer": optimizer, "offload_encoders": offload}

@@ -69,7 +69,7 @@ class Handlers:
 
     def picked(self, event: gr.SelectData) -> tuple:
         """The profile clicked in the gallery becomes the one the buttons act on, in both tabs."""
-        names = [card.name for card in self.studio().cards()]
+        names = self.studio().store().names()  # the gallery's order: by name
         name = names[event.index] if 0 <= event.index < len(names) else None
         return name, name
 

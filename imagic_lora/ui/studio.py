@@ -82,6 +82,7 @@ class Studio:
         self.out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="imagic-lora-ui-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._loaded: dict[str, BaseModel] = {}
+        self._thumbnails: dict[str, Image.Image] = {}  # by the profile's sha256: a refresh reads only new profiles
         self._loading = threading.Lock()
 
     def store(self) -> ProfileStore:
@@ -114,9 +115,11 @@ class Studio:
         """Every stored profile with its thumbnail (the photo it was trained on), by name."""
         store = self.store()
         cards = []
-        for row in store.list(("name", "source_prompt", "base_model", "created_at", "size_bytes")):
-            thumbnail = thumbnail_image(store.get(row["name"]).thumbnail)
-            cards.append(Card(thumbnail=thumbnail, **row))
+        for row in store.list(("name", "source_prompt", "base_model", "created_at", "size_bytes", "sha256")):
+            sha256 = row.pop("sha256")
+            if sha256 not in self._thumbnails:
+                self._thumbnails[sha256] = thumbnail_image(store.get(row["name"]).thumbnail)
+            cards.append(Card(thumbnail=self._thumbnails[sha256], **row))
         return cards
 
     def rename(self, old: str, new: str) -> None:
