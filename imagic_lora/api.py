@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import itertools
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -25,7 +28,6 @@ from .method import (
     encode_image,
     encode_negative,
     encode_prompt,
-    encoders_offloaded,
     finetune_lora,
     generate,
     invert_edit_friendly,
@@ -36,8 +38,9 @@ from .models import BaseModel, load_model
 from .noise_maps import DDIM, Start
 from .outputs import OutputNames, write_outputs
 from .paths import user_dir
+from .placement import encoders_offloaded, unet_parked
 from .profile import Profile, check_name
-from .recipe import resolve
+from .recipe import decodes_apart, resolve
 from .record import (
     ABSENT,
     EDIT_FRIENDLY,
@@ -104,7 +107,8 @@ def make_profile(
     The memory switches ``config`` leaves open are decided here (:func:`imagic_lora.recipe.resolve`) and the
     choice goes to ``inform`` in one line, unless ``recipe`` says how ``config`` was resolved already.
     """
-    # 1. choose the recipe; encode the image and the prompt once; sample the base weights before any training
+    # 1. choose the recipe; encode the image and the prompt once (on a small card with the UNet off the
+    # device, so encoding never adds to its weights); sample the base weights before any training
     resolution = config.resolution or base.native_resolution
     if recipe is None:
         config, recipe = resolve(config, base, resolution)
@@ -112,20 +116,27 @@ def make_profile(
             inform(recipe.line())
     fitted = fit_image(picture, resolution, config.fit, warn or (lambda message: None))
     warn_truncated(base, prompt, "--prompt", warn)
-    latents = encode_image(base, to_tensor(fitted))
-    source = encode_prompt(base, prompt)
-    negative = encode_negative(base, INVERSION_NEGATIVE_PROMPT)
+    with unet_parked(base, config.offload_encoders):
+        latents = encode_image(base, to_tensor(fitted))
+        source = encode_prompt(base, prompt)
+        negative = encode_negative(base, INVERSION_NEGATIVE_PROMPT)
     base_sample, fingerprint = base.weight_sample(), base.fingerprint()
 
     # 2. the two Imagic stages, with the encoders off the accelerator
     generator = torch.Generator("cpu").manual_seed(config.seed)
+    clock = [time.perf_counter()]  # each stage ends with a value read back, so the device has finished it
     with encoders_offloaded(base, config.offload_encoders):
         e_opt, stage1 = optimize_embedding(base, latents, source, config, generator, progress)
+        clock.append(time.perf_counter())
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
+        clock.append(time.perf_counter())
         # 3. the input's edit-friendly inversion under what was learnt: it does not depend on any edit prompt
         with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
             start = invert_edit_friendly(base, latents, e_opt, negative, config.inversion_steps,
                                          config.inversion_guidance, config.seed, progress)
+        clock.append(time.perf_counter())
+    if inform:
+        inform(timing_line(clock))
 
     # 4. the profile, with everything needed to apply, check and reproduce it
     metadata = _metadata(base, fingerprint, prompt, config, image_sha256, stage1.final_loss, stage2.final_loss,
@@ -138,6 +149,13 @@ def make_profile(
         e_opt_pooled=e_opt.pooled, source_pooled=source.pooled,
     )
     return profile.stamped()
+
+
+def timing_line(clock: list[float]) -> str:
+    """``trained in S s (embedding …, LoRA …, inversion …)`` from the four times around the three parts."""
+    parts = [later - earlier for earlier, later in itertools.pairwise(clock)]
+    return (f"trained in {clock[-1] - clock[0]:.1f} s (embedding {parts[0]:.1f} s, LoRA {parts[1]:.1f} s, "
+            f"inversion {parts[2]:.1f} s)")
 
 
 def save_or_rescue(store: ProfileStore, profile: Profile, replace: bool) -> None:
@@ -282,10 +300,13 @@ def apply_prompts(
     profile: Profile, prompts: Sequence[str], *, out_dir: str | Path = ".", model: str | BaseModel | None = None,
     config: ApplyConfig | None = None, device: str | None = None, dtype: str | None = None,
     force: bool = False, progress: bool = True, warn: Callable[[str], None] | None = None,
-    written: Callable[[Path], None] | None = None,
+    written: Callable[[Path], None] | None = None, inform: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Edit with ``profile`` toward each of ``prompts`` with one model load; each prompt's PNGs are written
-    as soon as they are made (and passed to ``written``, so a later failure loses no path). Returns them all."""
+    as soon as they are made (and passed to ``written``, so a later failure loses no path). Returns them all.
+
+    ``config.memory`` auto is decided here (:func:`imagic_lora.recipe.decodes_apart`); a low choice goes to
+    ``inform`` in one line."""
     # 1. check inputs and the base model
     config = config or ApplyConfig()
     if not prompts:
@@ -305,12 +326,17 @@ def apply_prompts(
     warn_truncated(base, config.negative_prompt, "--negative-prompt", warn)
 
     # 2. generate with the adapter fused into the weights, leaving the base model as it was afterwards
+    images = min(config.batch_size, len(config.alphas) * config.seeds)
+    apart, line = decodes_apart(config.memory, base, profile.resolution, images)
+    config = dataclasses.replace(config, memory="low" if apart else "high")
+    if line and inform:
+        inform(line)
     make_folder(out)
     paths = []
     names = OutputNames()
     several = len(prompts) > 1
     photo = photo_to_keep(profile, base, config, warn)
-    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha):
+    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha, config.memory == "low"):
         start = sampling_start(profile, base, config, progress, warn)
         for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not (progress and several),
                            dynamic_ncols=True):
@@ -340,7 +366,8 @@ def photo_to_keep(profile: Profile, base: BaseModel, config: ApplyConfig,
             warn(f"profile {profile.name!r} (format version 1) holds no latents of its image; the edit keeps "
                  "nothing of it back. Try: training it again with this version")
         return None
-    return decode_latents(base, profile.image_latents)
+    with unet_parked(base, config.memory == "low"):
+        return decode_latents(base, profile.image_latents)
 
 
 def sampling_start(profile: Profile, base: BaseModel, config: ApplyConfig, progress: bool = True,

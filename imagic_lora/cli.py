@@ -284,6 +284,10 @@ def apply_options(func):
                      "must change to count as edited; lower keeps less of the photo."),
         click.option("--batch-size", type=int, default=_default(ApplyConfig, "batch_size"), show_default=True,
                      help="Images generated together."),
+        click.option("--memory", type=click.Choice(MEMORY_MODES), default=_default(ApplyConfig, "memory"),
+                     show_default=True, help="low: decode each image with the UNet off the GPU, so the command "
+                     "peaks no higher than sampling (an 8 GB card with SDXL); auto: low when the estimate for "
+                     "everything resident exceeds the GPU's free memory; high: never."),
         click.option("--grid/--no-grid", default=_default(ApplyConfig, "grid"), show_default=True,
                      help="Also write a labelled grid when several images are made."),
         click.option("--out", type=click.Path(), default=".", show_default=True,
@@ -309,7 +313,7 @@ def _run_apply(profile, prompt, prompts_file, out, model, device, dtype, force, 
                                    "NAME \"a jumping dog\"")
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
     apply_prompts(profile, prompts, out_dir=out, model=model, config=config, device=device, dtype=dtype,
-                  force=force, warn=_warn, written=echo)
+                  force=force, warn=_warn, written=echo, inform=_tqdm_echo)
 
 
 @cli.group()
@@ -573,19 +577,28 @@ def bench_keep(keep_threshold, size) -> None:
 @click.option("--cases", type=int, default=10, show_default=True,
               help="Shapes edit cases (each trains every schedule).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cases.")
+@click.option("--schedule", "names", multiple=True,
+              help="Run only this schedule (repeat for several; its name as the table prints it).")
+@click.option("--classic/--no-classic", default=True, show_default=True,
+              help="Also train classic Imagic, the comparison (the longest part of the run).")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @user_errors
-def bench_schedules(cases, seed, out) -> None:
+def bench_schedules(cases, seed, names, classic, out) -> None:
     """Compute per profile: training schedules against classic Imagic's 500+1000 steps, time and quality."""
     from pathlib import Path
 
-    from .bench.schedules import schedule_table, settings, summarize_schedules, sweep
+    from .bench.schedules import SCHEDULES, schedule_table, settings, summarize_schedules, sweep
 
-    rows = sweep(cases, seed)
+    unknown = [name for name in names if name not in SCHEDULES]
+    if unknown:
+        raise click.BadParameter(f"no schedule {unknown[0]!r}; the schedules: {', '.join(SCHEDULES)}",
+                                 param_hint="--schedule")
+    chosen = {name: SCHEDULES[name] for name in names} or None
+    rows = sweep(cases, seed, chosen, classic=classic)
     summary = summarize_schedules(rows)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "schedules.json").write_text(
-        json.dumps({"schedules": settings(), "summary": summary, "rows": rows}, indent=1))
+        json.dumps({"schedules": settings(chosen), "summary": summary, "rows": rows}, indent=1))
     click.echo(schedule_table(summary))
     click.echo(f"\nWrote {Path(out) / 'schedules.json'}")
 

@@ -119,6 +119,8 @@ class ApplyConfig:
     # put the photo's pixels back where the edit changed them by less than keep_threshold (0-1)
     keep: bool = True
     keep_threshold: float = 0.25
+    # low: each image is decoded with the UNet off the device (a small card); auto: when the GPU needs it
+    memory: str = "auto"
 
     def __post_init__(self) -> None:
         self.alphas = tuple(self.alphas) or (1.0,)
@@ -132,6 +134,8 @@ class ApplyConfig:
                f"--batch-size must be in [1, {MAX_SAMPLES}], got {self.batch_size}")
         _check(math.isfinite(self.keep_threshold) and 0 < self.keep_threshold <= 1,
                f"--keep-threshold must be in (0, 1], got {self.keep_threshold}")
+        _check(self.memory in MEMORY_MODES,
+               f"--memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}")
         _check(self.start in STARTS, f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")
         _check(self.start == "noise" or self.seeds == 1,
                f"--seeds {self.seeds} would give {self.seeds} identical images: with --start inversion (the "

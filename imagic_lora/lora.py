@@ -98,15 +98,18 @@ def originals_device(weights: list[torch.Tensor]) -> torch.device:
 
 
 @contextlib.contextmanager
-def fused_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float):
+def fused_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, alpha: float,
+               low_memory: bool = False):
     """Add the adapter's update ``alpha/rank · up @ down`` into the UNet's weights for sampling.
 
     Sampling then costs what plain sampling costs. The original weights wait where
-    :func:`originals_device` says (beside them on a roomy GPU, else on the CPU) and are put back exactly
-    afterwards: copies, not an inverse, since adding the update in half precision rounds.
+    :func:`originals_device` says (beside them on a roomy GPU, else on the CPU; with ``low_memory``
+    always on the CPU) and are put back exactly afterwards: copies, not an inverse, since adding the update
+    in half precision rounds.
     """
     pairs = _pairs(unet, state, rank)
-    place = originals_device([linear.weight for linear, _, _ in pairs])
+    weights = [linear.weight for linear, _, _ in pairs]
+    place = torch.device("cpu") if low_memory else originals_device(weights)
     originals: list[tuple[torch.nn.Linear, torch.Tensor]] = []
     try:
         with torch.no_grad():

@@ -24,6 +24,7 @@ from .keep import keep_unchanged
 from .lora import add_lora, lora_state_dict, remove_lora
 from .models import BaseModel
 from .noise_maps import NoiseMapScheduler, Start, sampling_with
+from .placement import unet_parked
 from .progress import report
 
 
@@ -164,27 +165,6 @@ def _with_training_mode(base: BaseModel, checkpointing: bool):
         unet.eval()
         if checkpointing:
             unet.disable_gradient_checkpointing()
-
-
-@contextlib.contextmanager
-def encoders_offloaded(base: BaseModel, enabled: bool = True):
-    """The VAE and text encoder on the CPU while the UNet trains on an accelerator; back afterwards.
-
-    Their work is done before training starts (latents and prompt embeddings are computed once).
-    """
-    moved = enabled and base.device.type != "cpu"
-    modules = [base.pipe.vae, *base.text_encoders]
-    if moved:
-        for module in modules:
-            module.to("cpu")
-        if base.device.type == "cuda":
-            torch.cuda.empty_cache()
-    try:
-        yield
-    finally:
-        if moved:
-            for module in modules:
-                module.to(base.device)
 
 
 def _grad_scaler(base: BaseModel) -> torch.amp.GradScaler:
@@ -365,8 +345,10 @@ def generate(
     Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it. Sampling
     starts from seeded noise, or from ``start`` (the input's inversion, with its noise maps) when given. With
     ``photo`` (the input as the model sees it) and ``config.keep``, its pixels are put back where the edit left
-    it alone.
+    it alone. With ``config.memory`` low (:func:`imagic_lora.api.apply_prompts` decides auto), each image is
+    decoded apart with the UNet off the device; otherwise the pipeline decodes the batch with everything resident.
     """
+    apart = config.memory == "low"
     e_new = encode_prompt(base, prompt)
     negative = encode_negative(base, config.negative_prompt)
     e_opt = e_opt.map(lambda tensor: tensor.to(base.device))
@@ -386,7 +368,11 @@ def generate(
                 latents=latents,
                 height=resolution,
                 width=resolution,
+                output_type="latent" if apart else "pil",
             ).images
+        if apart:
+            with unet_parked(base):
+                images = [decode_latents(base, latent[None]) for latent in images]
         if photo is not None and config.keep:
             images = [keep_unchanged(image, photo, config.keep_threshold) for image in images]
         results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images, strict=True)]

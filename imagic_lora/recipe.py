@@ -93,3 +93,38 @@ def device_free_bytes(base: BaseModel) -> int | None:
     free, _ = torch.cuda.mem_get_info(base.device)
     return free
 
+
+
+# Sampling: the UNet's inference activations per image and per byte of its weights at the native size (guidance
+# doubles the batch), an estimate; and the fp32 VAE decoder's per output pixel, from plain SDXL sampling of two
+# 1024 px images on an H100, which peaked 4.1 GiB above its weights (docs/bench/gpu-check-h100.json). The two
+# are not alive at once: the pipeline decodes after its last step.
+SAMPLING_ACTIVATIONS_PER_WEIGHT_BYTE = 0.1
+DECODE_BYTES_PER_PIXEL = 2048
+
+
+def sampling_need(unet_bytes: int, other_bytes: int, pixel_ratio: float, pixels: int, images: int) -> float:
+    """Bytes sampling ``images`` at once is estimated to need with every part of the pipeline resident,
+    headroom included."""
+    sampling = SAMPLING_ACTIVATIONS_PER_WEIGHT_BYTE * unet_bytes * pixel_ratio * 2 * images
+    return (unet_bytes + other_bytes + max(sampling, DECODE_BYTES_PER_PIXEL * pixels * images)) * HEADROOM
+
+
+def decodes_apart(memory: str, base: BaseModel, resolution: int, images: int) -> tuple[bool, str | None]:
+    """Whether apply should decode each image with the UNet off the device (``memory`` low, or auto on a GPU
+    whose free memory the estimate for everything resident exceeds), and the line that says why (None: no)."""
+    if memory == "high":
+        return False, None
+    if memory == "low":
+        return True, "memory: low (the UNet leaves the device while the VAE decodes)"
+    free = device_free_bytes(base)
+    if free is None:
+        return False, None
+    unet_bytes = weight_bytes([base.pipe.unet])
+    other_bytes = weight_bytes([base.pipe.vae, *base.text_encoders])
+    need = sampling_need(unet_bytes, other_bytes, (resolution / base.native_resolution) ** 2, resolution**2, images)
+    available = free + unet_bytes + other_bytes
+    if need <= available:
+        return False, None
+    return True, (f"memory: low, chosen by auto ({available / GIB:.1f} GiB free, about {need / GIB:.1f} needed "
+                  "with everything resident): the UNet leaves the device while the VAE decodes")

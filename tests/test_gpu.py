@@ -5,7 +5,7 @@ Skipped without CUDA; ``scripts/gpu_check.py`` runs these on a lent GPU machine.
 
 import pytest
 import torch
-from helpers import PROMPT, run
+from helpers import PROMPT, pixels, run
 
 from imagic_lora import ProfileStore, TrainConfig, load_model, train
 from imagic_lora.lora import fused_lora
@@ -43,3 +43,21 @@ def test_sd15_architecture_trains_and_applies_on_cuda_at_512(image_path, tmp_pat
     applied = run("apply", "profile", "real", "a blue ball", "--steps", 4, "--device", "cuda", "--out", tmp_path)
     assert applied.exit_code == 0, applied.output
     assert ProfileStore().get("real").metadata.settings.training.device == "cuda"
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny", "builtin:tiny-xl"])
+def test_low_memory_commands_on_cuda_move_parts_off_and_back_and_give_the_same_pixels(image_path, tmp_path, model):
+    from imagic_lora import ApplyConfig, apply
+
+    base = load_model(model, device="cuda")
+    before = {k: v.clone() for k, v in base.pipe.unet.state_dict().items()}
+    config = TrainConfig(embedding_steps=2, lora_steps=2, memory="low")
+    profile = train("low", image_path, PROMPT, model=base, config=config, store=ProfileStore(), progress=False)
+    assert profile.metadata.recipe.level == "lean"
+    images = {memory: pixels(apply(profile, "a blue ball", model=base, out_dir=tmp_path / memory, progress=False,
+                                   config=ApplyConfig(memory=memory))[0]) for memory in ("high", "low")}
+    assert (images["high"] == images["low"]).all()
+    modules = [base.pipe.unet, base.pipe.vae, *base.text_encoders]
+    assert all(p.device.type == "cuda" for module in modules for p in module.parameters())
+    after = {k.replace(".base_layer.", "."): v for k, v in base.pipe.unet.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)

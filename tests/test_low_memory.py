@@ -1,17 +1,20 @@
 """The low-memory training path is really taken: dtypes, checkpointing, SDPA, 8-bit AdamW, encoders off."""
 
+from dataclasses import replace
 from unittest import mock
 
 import bitsandbytes as bnb
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
-from helpers import FAST, PROMPT
+from helpers import FAST, PROMPT, pixels
 
-from imagic_lora import ProfileStore, TrainConfig, load_model, train
-from imagic_lora.method import _checkpointing, encoders_offloaded
+from imagic_lora import ApplyConfig, ProfileStore, TrainConfig, apply, load_model, train
+from imagic_lora.method import _checkpointing
 from imagic_lora.models import BaseModel, choose_dtype
+from imagic_lora.placement import encoders_offloaded, is_parked
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
@@ -89,3 +92,51 @@ def test_training_runs_the_lean_path(image_path, monkeypatch):
     assert len(optimizers) == 1 and isinstance(optimizers[0], real_optimizer)
     assert sorted(encoder_calls) == ["text", "text", "vae"], \
         "the image, the prompt and the inversion's negative prompt are encoded once, nothing decoded"
+
+
+def _record_parked_unet(base, calls: list):
+    """Hooks on the VAE and the text encoder recording, per call, whether the UNet was off the device."""
+    unet = base.pipe.unet
+    for name, module in (("encode", base.pipe.vae.encoder), ("decode", base.pipe.vae.decoder),
+                         ("text", base.pipe.text_encoder)):
+        module.register_forward_pre_hook(lambda *a, name=name: calls.append((name, is_parked(unet))))
+
+
+@pytest.mark.parametrize(("offload", "parked"), [(True, True), (False, False)])
+def test_a_small_cards_recipe_encodes_the_photo_and_prompts_with_the_unet_off_the_device(image_path, offload,
+                                                                                          parked):
+    base = load_model("builtin:tiny")
+    calls, training = [], []
+    _record_parked_unet(base, calls)
+    encoders = [base.pipe.vae, base.pipe.text_encoder]
+    base.pipe.unet.register_forward_pre_hook(lambda *a: training.append([is_parked(m) for m in encoders]))
+    train("placed", image_path, PROMPT, model=base, config=replace(FAST, offload_encoders=offload),
+          store=ProfileStore(), progress=False)
+    assert sorted(calls) == [("encode", parked), ("text", parked), ("text", parked)]
+    assert training and all(flags == [offload, offload] for flags in training), "the encoders wait off it"
+    assert not any(is_parked(m) for m in [base.pipe.unet, *encoders]), "every part is back afterwards"
+
+
+def test_apply_low_decodes_with_the_unet_off_the_device_and_gives_the_same_pixels(trained, tmp_path):
+    base = load_model("builtin:tiny")
+    calls = []
+    _record_parked_unet(base, calls)
+    outputs = {}
+    for memory in ("high", "low"):
+        calls.clear()
+        [path] = apply(trained, "a blue ball on green grass", model=base, out_dir=tmp_path / memory,
+                       config=ApplyConfig(memory=memory), progress=False)
+        outputs[memory] = pixels(path)
+        decodes = [parked for name, parked in calls if name == "decode"]
+        assert decodes == [memory == "low"] * 2, "the photo to keep and the edit: both decoded"
+    assert np.array_equal(outputs["high"], outputs["low"])
+
+
+def test_low_decodes_a_batch_one_image_at_a_time(trained, tmp_path):
+    base = load_model("builtin:tiny")
+    calls = []
+    _record_parked_unet(base, calls)
+    paths = apply(trained, "a blue ball on green grass", model=base, out_dir=tmp_path, progress=False,
+                  config=ApplyConfig(memory="low", alphas=(0.5, 1.0), keep=False))
+    assert [parked for name, parked in calls if name == "decode"] == [True, True]
+    assert len(paths) == 3  # two images and their grid

@@ -1,6 +1,7 @@
 """--memory: the recipe chosen for given free-memory figures, flags that win over it, and its record."""
 
 import json
+import re
 
 import pytest
 from helpers import FAST, PROMPT, error_line, rewrite, run
@@ -86,7 +87,7 @@ def test_the_chosen_recipe_trains_and_is_kept_in_the_profile(tiny, image_path, m
     profile = train("ball", image_path, PROMPT, model=tiny, config=FAST, progress=False, inform=lines.append)
     assert profile.metadata.recipe.level == "fast"
     assert profile.metadata.settings.training.optimizer == "adamw"  # what stage 2 ran with
-    assert lines == [profile.metadata.recipe.line()]
+    assert lines[0] == profile.metadata.recipe.line() and lines[1].startswith("trained in ") and len(lines) == 2
     assert lines[0].startswith("memory auto: fast recipe (80.")
     assert lines[0].endswith("GiB needed): no checkpointing, fp32 AdamW, encoders on the device")
     again = Profile.from_bytes(profile.to_bytes())
@@ -99,6 +100,11 @@ def test_the_cli_prints_the_recipe_in_one_line(image_path):
     assert result.exit_code == 0, result.output
     assert ("memory low: lean recipe: gradient checkpointing, 8-bit AdamW, encoders off the device"
             in result.stderr.splitlines())
+    [timing] = [line for line in result.stderr.splitlines() if line.startswith("trained in ")]
+    match = re.fullmatch(r"trained in ([\d.]+) s \(embedding ([\d.]+) s, LoRA ([\d.]+) s, inversion ([\d.]+) s\)",
+                         timing)
+    total, *parts = map(float, match.groups())
+    assert total > 0 and abs(total - sum(parts)) <= 0.15, "the parts add up to the whole, to rounding"
     bad = run("train", "ball", image_path, "--prompt", PROMPT, "--memory", "lots")
     assert bad.exit_code == 2 and "'lots' is not one of 'auto', 'low', 'high'" in bad.stderr
 
@@ -123,3 +129,41 @@ def test_a_recipe_is_only_read_in_version_5_and_must_be_whole(trained, tmp_path)
     path = tmp_path / "ball.imagic.safetensors"
     path.write_bytes(edited(lambda profile: profile.pop("recipe")))
     assert error_line(run("profiles", "import", path)).startswith("Error: ")
+
+
+def sampling_fits(family: str, card_gib: float, resolution: int, images: int = 1) -> bool:
+    unet, others = SIZES[family]
+    native = 1024 if family == "sdxl" else 512 if family == "sd15" else 768
+    need = recipes.sampling_need(2 * unet, 2 * others, (resolution / native) ** 2, resolution**2, images)
+    return need <= card_gib * GIB
+
+
+def test_apply_keeps_everything_resident_only_where_the_estimate_fits():
+    assert not sampling_fits("sdxl", 7.5, 1024), "an 8 GB card decodes SDXL's picture with the UNet off"
+    assert sampling_fits("sdxl", 23.5, 1024, images=4)
+    assert sampling_fits("sd15", 7.5, 512)
+    assert not sampling_fits("sd15", 7.5, 512, images=16)
+
+
+def test_apply_memory_auto_decides_from_the_free_memory_and_says_why(tiny, monkeypatch):
+    def decide(memory, free_gib):
+        free = None if free_gib is None else int(free_gib * GIB)
+        monkeypatch.setattr(recipes, "device_free_bytes", lambda base: free)
+        return recipes.decodes_apart(memory, tiny, 64, 1)
+
+    assert decide("auto", None) == (False, None), "the CPU has no device memory to save"
+    assert decide("auto", 80.0) == (False, None)
+    apart, line = decide("auto", 0.0)
+    assert apart and line.startswith("memory: low, chosen by auto (") and "GiB free" in line
+    assert decide("low", None)[0] and decide("low", 80.0)[0]
+    assert decide("high", 0.0) == (False, None)
+
+
+def test_apply_prints_a_low_memory_choice_in_one_line(trained, tmp_path):
+    from imagic_lora import ProfileStore
+
+    ProfileStore().save(trained)
+    result = run("apply", "profile", "ball", "a blue ball", "--memory", "low", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("memory: low") == 1
+    assert run("apply", "profile", "ball", "a blue ball", "--memory", "sometimes").exit_code == 2

@@ -27,7 +27,6 @@ from ..lora import fused_lora
 from ..method import (
     decode_latents,
     encode_prompt,
-    encoders_offloaded,
     finetune_full,
     finetune_lora,
     generate,
@@ -35,6 +34,7 @@ from ..method import (
     optimize_embedding,
 )
 from ..models import BaseModel, choose_device, choose_dtype, prepare
+from ..placement import encoders_offloaded
 from .architectures import random_pipeline
 from .memory import TensorPeak, module_tensors, peak_rss_bytes, reset_peak_rss
 
