@@ -341,7 +341,7 @@ def apply_prompts(
         for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not (progress and several),
                            dynamic_ncols=True):
             results = generate(base, profile.condition, prompt, config, profile.resolution, progress,
-                               start, photo)
+                               start, photo, None if photo is None else profile.image_latents)
             used = {"start": "noise" if start is None else config.start,
                     "keep": config.keep_threshold if photo is not None else "off"}
             stem = names.prompt_stem(profile.name, prompt)

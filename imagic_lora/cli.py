@@ -276,9 +276,13 @@ def apply_options(func):
                      "(what profiles before format version 4 store; exact only at low guidance), or from seeded "
                      "noise (--seeds gives variations)."),
         click.option("--keep/--no-keep", default=_default(ApplyConfig, "keep"), show_default=True,
-                     help="Put the photo's own pixels (its stored latents, decoded) back wherever the edit barely "
-                     "changed them, matching the kept part's colour drift to them. Turn it off for edits of the "
-                     "whole picture (a tint, a style): it undoes those."),
+                     help="Put the photo's own pixels (its stored latents, decoded) back where the edit left it "
+                     "alone. The model's own reading of the prompt (where it changes its prediction for the photo) "
+                     "says where the edit acts: a local edit is kept there and wherever it changed the photo, the "
+                     "rest is the photo exactly, the kept part shifted by the sampler's colour drift; an edit of "
+                     "the whole picture (a tint, another background, a style) is kept whole, with only the photo's "
+                     "lost details put back through its colour change. Turn it off when a change you asked for "
+                     "comes back partly undone, or to see the raw sample."),
         click.option("--keep-threshold", type=float, default=_default(ApplyConfig, "keep_threshold"),
                      show_default=True, help="How much (0-1 of full scale, on a blurred difference) a region "
                      "must change to count as edited; lower keeps less of the photo."),

@@ -326,6 +326,37 @@ def inverted_start(base: BaseModel, latents: torch.Tensor, e_opt: Condition, con
     return invert_edit_friendly(base, latents, e_opt, negative, config.steps, config.guidance, progress=progress)
 
 
+REGION_STEP = 0.7  # where in the noise schedule the two conditions' predictions are compared (0: clean, 1: noise)
+REGION_DRAWS = 4  # noisings of the photo averaged over
+
+
+@torch.no_grad()
+def edit_region(base: BaseModel, latents: torch.Tensor, e_opt: Condition, condition: Condition,
+                seed: int = 0) -> torch.Tensor:
+    """``[h, w]`` on the latent grid, in [0, 1]: where the edit's ``condition`` changes what the model predicts
+    for the photo, relative to the most it changes anywhere (DiffEdit, Couairon et al. 2022).
+
+    The photo's ``latents`` are noised :data:`REGION_DRAWS` times at :data:`REGION_STEP` of the schedule (noise
+    from ``seed``); the mean absolute difference of the predictions under ``e_opt`` and under ``condition``,
+    over channels and draws, is scaled so its smallest value is 0 and its largest 1. A local prompt gives a
+    peak where it applies; a prompt about the whole picture a spread map. Fuse the adapter first.
+    """
+    scheduler = base.pipe.scheduler
+    x0 = latents.to(base.device, base.dtype)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    timesteps = torch.full((2,), int(REGION_STEP * scheduler.config.num_train_timesteps), device=base.device)
+    both = concat([e.map(lambda tensor: tensor.to(base.device, base.dtype)) for e in (e_opt, condition)])
+    difference = torch.zeros(x0.shape[-2:], device=base.device)
+    for _ in range(REGION_DRAWS):  # one pair at a time: no more memory than a step of guided sampling
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        noisy = scheduler.add_noise(x0, noise, timesteps[:1]).expand(2, -1, -1, -1)
+        with _autocast(base):
+            under_photo, under_edit = predict(base, noisy, timesteps, both).float().chunk(2)
+        difference += (under_photo - under_edit).abs().mean(dim=(0, 1)) / REGION_DRAWS
+    low, high = difference.min(), difference.max()
+    return ((difference - low) / (high - low).clamp_min(1e-8)).cpu()
+
+
 @torch.no_grad()
 def decode_latents(base: BaseModel, latents: torch.Tensor) -> Image.Image:
     """The image of scaled VAE ``latents`` ``[1, C, h, w]``, as the pipeline decodes its own."""
@@ -337,7 +368,7 @@ def decode_latents(base: BaseModel, latents: torch.Tensor) -> Image.Image:
 @torch.no_grad()
 def generate(
     base: BaseModel, e_opt: Condition, prompt: str, config: ApplyConfig, resolution: int, progress: bool = True,
-    start: Start | None = None, photo: Image.Image | None = None,
+    start: Start | None = None, photo: Image.Image | None = None, photo_latents: torch.Tensor | None = None,
 ) -> list[tuple[float, int, Image.Image]]:
     """Imagic step C: sample every (α, seed) through the standard pipeline via ``prompt_embeds`` (SDXL: and
     ``pooled_prompt_embeds``).
@@ -345,15 +376,17 @@ def generate(
     Fuse an adapter into ``base`` first (:func:`imagic_lora.lora.fused_lora`) to edit with it. Sampling
     starts from seeded noise, or from ``start`` (the input's inversion, with its noise maps) when given. With
     ``photo`` (the input as the model sees it) and ``config.keep``, its pixels are put back where the edit left
-    it alone. With ``config.memory`` low (:func:`imagic_lora.api.apply_prompts` decides auto), each image is
-    decoded apart with the UNet off the device; otherwise the pipeline decodes the batch with everything resident.
+    it alone; with its ``photo_latents`` too, the keep step also knows the region the edit's condition changes
+    (:func:`edit_region`, four more model calls in pairs per α). With ``config.memory`` low
+    (:func:`imagic_lora.api.apply_prompts` decides auto), each image is decoded apart with the UNet off the
+    device; otherwise the pipeline decodes the batch with everything resident.
     """
     apart = config.memory == "low"
     e_new = encode_prompt(base, prompt)
     negative = encode_negative(base, config.negative_prompt)
     e_opt = e_opt.map(lambda tensor: tensor.to(base.device))
     jobs = [(alpha, seed) for alpha in config.alphas for seed in config.seed_list]
-    results = []
+    results, regions = [], {}
     bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress, leave=None, dynamic_ncols=True)
     for first in range(0, len(jobs), config.batch_size):
         batch = jobs[first : first + config.batch_size]
@@ -374,7 +407,11 @@ def generate(
             with unet_parked(base):
                 images = [decode_latents(base, latent[None]) for latent in images]
         if photo is not None and config.keep:
-            images = [keep_unchanged(image, photo, config.keep_threshold) for image in images]
+            for alpha in {alpha for alpha, _ in batch} - regions.keys():
+                regions[alpha] = None if photo_latents is None else edit_region(
+                    base, photo_latents, e_opt, interpolate(e_new, e_opt, alpha))
+            images = [keep_unchanged(image, photo, config.keep_threshold, regions[alpha])
+                      for image, (alpha, _) in zip(images, batch, strict=True)]
         results += [(alpha, seed, image) for (alpha, seed), image in zip(batch, images, strict=True)]
         bar.update(len(batch))
         report("generating", len(results), len(jobs))

@@ -180,6 +180,7 @@ def main() -> None:
     if args.tune_decoder_only:
         tune_shipped_decoder(args, log)
         return
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the checkpoints every 1 000 steps go beside it
     components = build_components()
     pixels, markers, scenes = dataset(args.images, seed=0)
     log(f"rendered {len(pixels)} images")

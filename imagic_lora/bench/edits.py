@@ -26,6 +26,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..conditioning import interpolate
 from ..config import STARTS, ApplyConfig, TrainConfig
 from ..errors import InvalidConfig
 from ..files import atomic_write
@@ -34,6 +35,7 @@ from ..keep import keep_unchanged
 from ..lora import fused_lora
 from ..method import (
     decode_latents,
+    edit_region,
     encode_image,
     encode_prompt,
     finetune_full,
@@ -191,29 +193,37 @@ def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.T
         # one sample per α gives two rows: as sampled ("nothing kept") and with the keep step that
         # generate() would apply, done here so the sampling is not run twice
         curve = replace(defaults, alphas=config.alphas, keep=False, batch_size=len(config.alphas))
+        target = encode_prompt(base, case.edit_prompt)
+        regions = {alpha: edit_region(base, latents, e_opt, interpolate(target, e_opt, alpha))
+                   for alpha in {*config.alphas, config.default_alpha, 0.0}}
         for row, image in imagic_rows("imagic-lora", base, e_opt, case, curve, seconds, start):
-            kept = keep_unchanged(image, photo, defaults.keep_threshold) if defaults.keep else image
+            kept = keep_unchanged(image, photo, defaults.keep_threshold, regions[row["alpha"]]) if defaults.keep \
+                else image
             rows.append(row | {"variant": "defaults", **score(kept, case), "seam": seam_error(kept, case)})
             rows.append(row | {"variant": "defaults, nothing kept", "seam": seam_error(image, case)})
             shown[row["alpha"]] = kept
         strong = replace(defaults, alphas=(0.0, config.default_alpha), guidance=STRONG_GUIDANCE, keep=False)
         strong_start = inverted_start(base, latents, e_opt, strong, progress=False)  # made for that guidance
         for row, image in imagic_rows("imagic-lora", base, e_opt, case, strong, seconds, strong_start):
-            kept = keep_unchanged(image, photo, defaults.keep_threshold) if defaults.keep else image
+            kept = keep_unchanged(image, photo, defaults.keep_threshold, regions.get(row["alpha"])) \
+                if defaults.keep else image
             rows.append(row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}", **score(kept, case)})
             rows.append(row | {"variant": f"defaults, guidance {STRONG_GUIDANCE:g}, nothing kept"})
         if case.index < config.ablation_cases:
             rows += _ablations(base, latents, e_opt, case, defaults, seconds, photo)
         if case.index < config.timed_cases:
             timing = _timing(base, e_opt, case, defaults, latents, start)
-    return rows + ideal_rows(base, case, photo, defaults), [shown.get(config.default_alpha), shown.get(0.0)], timing
+    ideal = ideal_rows(base, case, photo, defaults, regions[config.default_alpha])
+    return rows + ideal, [shown.get(config.default_alpha), shown.get(0.0)], timing
 
 
-def ideal_rows(base: BaseModel, case: Case, photo: Image.Image, defaults: ApplyConfig) -> list[dict]:
-    """The ground truth as the model sees it (its VAE round trip), as it is and through the keep step: the
-    keep step's ceiling, which an edit that is exactly right still loses where the keep step undoes it."""
+def ideal_rows(base: BaseModel, case: Case, photo: Image.Image, defaults: ApplyConfig,
+               region: torch.Tensor | None = None) -> list[dict]:
+    """The ground truth as the model sees it (its VAE round trip), as it is and through the keep step (with the
+    edit's ``region`` at the default α): the keep step's ceiling, which an edit that is exactly right still loses
+    where the keep step undoes it."""
     truth = round_trip(base.pipe.vae, case.ground_truth())
-    kept = keep_unchanged(truth, photo, defaults.keep_threshold)
+    kept = keep_unchanged(truth, photo, defaults.keep_threshold, region)
     return [{"method": IDEAL, "variant": variant, "train_seconds": 0.0, **score(image, case),
              "seam": seam_error(image, case)} for variant, image in (("as is", truth), ("through the keep step", kept))]
 
@@ -244,7 +254,8 @@ def _ablations(base, latents, e_opt, case, defaults: ApplyConfig, seconds, photo
 
 
 def _timing(base, e_opt, case, defaults: ApplyConfig, latents, start) -> dict:
-    """Seconds of one image at the defaults (photo decoded, stored inversion, keep) and of plain sampling."""
+    """Seconds of one image at the defaults (photo decoded, stored inversion, the edit's region, keep) and of
+    plain sampling."""
     one = replace(defaults, seed=case.index, seeds=1)
     plain = replace(one, start="noise", keep=False)
     started = time.perf_counter()
@@ -252,7 +263,7 @@ def _timing(base, e_opt, case, defaults: ApplyConfig, latents, start) -> dict:
     plain_seconds = time.perf_counter() - started
     started = time.perf_counter()
     generate(base, e_opt, case.edit_prompt, one, 32, progress=False,
-             start=start, photo=decode_latents(base, latents))
+             start=start, photo=decode_latents(base, latents), photo_latents=latents)
     return {"plain": plain_seconds, "defaults": time.perf_counter() - started}
 
 
