@@ -362,7 +362,7 @@ def decode_latents(base: BaseModel, latents: torch.Tensor) -> Image.Image:
     """The image of scaled VAE ``latents`` ``[1, C, h, w]``, as the pipeline decodes its own."""
     with _vae_in_fp32(base) as vae:
         pixels = vae.decode(latents.to(base.device, vae.dtype) / vae.config.scaling_factor).sample
-    return base.pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
+    return base.pipe.image_processor.postprocess(pixels, output_type="pil")[0]  # in the VAE's dtype, as it does
 
 
 @torch.no_grad()
