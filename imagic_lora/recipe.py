@@ -43,6 +43,11 @@ def weight_bytes(modules) -> int:
     return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
 
 
+def model_bytes(base: BaseModel) -> tuple[int, int]:
+    """The bytes of the loaded UNet's weights, and of the VAE's and text encoders' together."""
+    return weight_bytes([base.pipe.unet]), weight_bytes([base.pipe.vae, *base.text_encoders])
+
+
 def estimated_needs(unet_bytes: int, encoder_bytes: int, pixel_ratio: float) -> dict[str, float]:
     """Bytes the fast and offloaded levels are estimated to need, headroom included, for a UNet and encoders of
     these sizes at ``pixel_ratio`` times the native pixel count; the lean level is what remains when neither fits."""
@@ -65,8 +70,7 @@ def choose_level(memory: str, needs: dict[str, float], free: int | None) -> str:
 def resolve(config: TrainConfig, base: BaseModel, resolution: int) -> tuple[TrainConfig, Recipe]:
     """``config`` with its three memory switches decided, and the record of how."""
     free = device_free_bytes(base)
-    unet_bytes = weight_bytes([base.pipe.unet])
-    encoder_bytes = weight_bytes([base.pipe.vae, *base.text_encoders])
+    unet_bytes, encoder_bytes = model_bytes(base)
     needs = estimated_needs(unet_bytes, encoder_bytes, (resolution / base.native_resolution) ** 2)
     resident = 0 if free is None else unet_bytes + encoder_bytes  # loaded already: not in the free figure
     level = choose_level(config.memory, needs, None if free is None else free + resident)
@@ -120,8 +124,7 @@ def decodes_apart(memory: str, base: BaseModel, resolution: int, images: int) ->
     free = device_free_bytes(base)
     if free is None:
         return False, None
-    unet_bytes = weight_bytes([base.pipe.unet])
-    other_bytes = weight_bytes([base.pipe.vae, *base.text_encoders])
+    unet_bytes, other_bytes = model_bytes(base)
     need = sampling_need(unet_bytes, other_bytes, (resolution / base.native_resolution) ** 2, resolution**2, images)
     available = free + unet_bytes + other_bytes
     if need <= available:
