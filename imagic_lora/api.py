@@ -131,7 +131,7 @@ def make_profile(
         lora, stage2 = finetune_lora(base, latents, e_opt, config, generator, progress)
         clock.append(time.perf_counter())
         # 3. the input's edit-friendly inversion under what was learnt: it does not depend on any edit prompt
-        with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
+        with fused_lora(base.denoiser, lora, config.rank, config.lora_alpha):
             start = invert_edit_friendly(base, latents, e_opt, negative, config.inversion_steps,
                                          config.inversion_guidance, config.seed, progress)
         clock.append(time.perf_counter())
@@ -336,7 +336,7 @@ def apply_prompts(
     names = OutputNames()
     several = len(prompts) > 1
     photo = photo_to_keep(profile, base, config, warn)
-    with fused_lora(base.pipe.unet, profile.lora, profile.rank, profile.lora_alpha, config.memory == "low"):
+    with fused_lora(base.denoiser, profile.lora, profile.rank, profile.lora_alpha, config.memory == "low"):
         start = sampling_start(profile, base, config, progress, warn)
         for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not (progress and several),
                            dynamic_ncols=True):

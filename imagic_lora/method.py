@@ -93,7 +93,7 @@ def predict(base: BaseModel, latents: torch.Tensor, timesteps, condition: Condit
     scale = base.pipe.vae_scale_factor
     height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
     kwargs = base.family.unet_kwargs(condition, height, width, latents.dtype)
-    return base.pipe.unet(latents, timesteps, **kwargs).sample
+    return base.denoiser(latents, timesteps, **kwargs).sample
 
 
 def diffusion_loss(
@@ -154,17 +154,17 @@ def _optimize(
 
 @contextlib.contextmanager
 def _with_training_mode(base: BaseModel, checkpointing: bool):
-    """The UNet in train mode (checkpointing only acts there), back to eval mode afterwards."""
-    unet = base.pipe.unet
+    """The denoiser in train mode (checkpointing only acts there), back to eval mode afterwards."""
+    denoiser = base.denoiser
     if checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
+        denoiser.enable_gradient_checkpointing()
+    denoiser.train()
     try:
         yield
     finally:
-        unet.eval()
+        denoiser.eval()
         if checkpointing:
-            unet.disable_gradient_checkpointing()
+            denoiser.disable_gradient_checkpointing()
 
 
 def _grad_scaler(base: BaseModel) -> torch.amp.GradScaler:
@@ -200,7 +200,7 @@ def finetune_lora(
     """Imagic step B: with e_opt frozen, train a LoRA adapter on the UNet's attention projections."""
     with torch.random.fork_rng(devices=[]):  # the adapter's random init follows config.seed too
         torch.manual_seed(config.seed)
-        params = add_lora(base.pipe.unet, config.rank, config.lora_alpha)
+        params = add_lora(base.denoiser, config.rank, config.lora_alpha)
     try:
         optimizer = make_optimizer(params, config)
         loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator, config.samples_per_step)
@@ -208,9 +208,9 @@ def finetune_lora(
             result = _optimize(
                 loss_fn, optimizer, config.lora_steps, "stage 2/2 LoRA", "--lora-lr", progress, _grad_scaler(base)
             )
-        return lora_state_dict(base.pipe.unet), result
+        return lora_state_dict(base.denoiser), result
     finally:
-        remove_lora(base.pipe.unet)
+        remove_lora(base.denoiser)
 
 
 def finetune_full(
@@ -219,18 +219,18 @@ def finetune_full(
 ) -> StageResult:
     """Classic Imagic step B, for comparison: fine-tune every UNet weight with fp32 Adam, no checkpointing.
 
-    Changes ``base.pipe.unet`` in place; callers keep a copy of its weights to restore.
+    Changes ``base.denoiser`` in place; callers keep a copy of its weights to restore.
     """
-    unet = base.pipe.unet
-    unet.requires_grad_(True)
+    denoiser = base.denoiser
+    denoiser.requires_grad_(True)
     try:
-        optimizer = torch.optim.Adam(unet.parameters(), lr=lr)
+        optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
         loss_fn = random_loss_fn(base, latents, e_opt.detach(), generator)
         with _with_training_mode(base, checkpointing=False):
             return _optimize(loss_fn, optimizer, steps, "classic UNet", "the learning rate", progress,
                              _grad_scaler(base))
     finally:
-        unet.requires_grad_(False)
+        denoiser.requires_grad_(False)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -75,8 +75,13 @@ class BaseModel:
     dtype: torch.dtype
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet (or, in a flow model, the transformer) that the adapter trains."""
+        return self.family.denoiser(self.pipe)
+
+    @property
     def native_resolution(self) -> int:
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return self.denoiser.config.sample_size * self.pipe.vae_scale_factor
 
     @functools.cached_property
     def family(self) -> Family:
@@ -160,7 +165,7 @@ def prepare(model_id: str, pipe: Pipeline, device: torch.device, dtype: torch.dt
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     base = BaseModel(model_id, pipe, device, dtype)
-    for module in (pipe.unet, pipe.vae, *base.text_encoders):
+    for module in (base.denoiser, pipe.vae, *base.text_encoders):
         module.requires_grad_(False)
         module.eval()
     pipe.to(device)

@@ -59,4 +59,4 @@ def encoders_offloaded(base: BaseModel, enabled: bool = True):
 
 def unet_parked(base: BaseModel, enabled: bool = True):
     """The UNet on the CPU meanwhile: for the VAE and text encoders' work on a small card."""
-    return parked(base, [base.pipe.unet], enabled)
+    return parked(base, [base.denoiser], enabled)

@@ -45,7 +45,7 @@ def weight_bytes(modules) -> int:
 
 def model_bytes(base: BaseModel) -> tuple[int, int]:
     """The bytes of the loaded UNet's weights, and of the VAE's and text encoders' together."""
-    return weight_bytes([base.pipe.unet]), weight_bytes([base.pipe.vae, *base.text_encoders])
+    return weight_bytes([base.denoiser]), weight_bytes([base.pipe.vae, *base.text_encoders])
 
 
 def estimated_needs(unet_bytes: int, encoder_bytes: int, pixel_ratio: float) -> dict[str, float]:

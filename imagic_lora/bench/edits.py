@@ -117,7 +117,7 @@ def imagic_rows(method: str, base: BaseModel, e_opt, case: Case, sampling: Apply
 @contextlib.contextmanager
 def classic_imagic(base: BaseModel, latents, embedding, steps: int, lr: float, seed: int):
     """Classic Imagic on ``base``'s UNet, yielding ``(e_opt, seconds)``; the UNet's weights are put back after."""
-    original = copy.deepcopy(base.pipe.unet.state_dict())
+    original = copy.deepcopy(base.denoiser.state_dict())
     try:
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
@@ -125,7 +125,7 @@ def classic_imagic(base: BaseModel, latents, embedding, steps: int, lr: float, s
         finetune_full(base, latents, e_opt, steps, lr, generator, progress=False)
         yield e_opt, time.perf_counter() - start
     finally:
-        base.pipe.unet.load_state_dict(original)
+        base.denoiser.load_state_dict(original)
 
 
 def baseline_rows(base: BaseModel, case: Case, photo: Image.Image) -> list[dict]:
@@ -188,7 +188,7 @@ def ours_rows(base: BaseModel, case: Case, config: BenchConfig, latents: torch.T
     e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config.train, case.index)
     defaults = config.apply
     rows, shown, timing = [], {}, {}
-    with fused_lora(base.pipe.unet, lora, config.train.rank, config.train.lora_alpha):
+    with fused_lora(base.denoiser, lora, config.train.rank, config.train.lora_alpha):
         start = inverted_start(base, latents, e_opt, defaults, progress=False)
         # one sample per α gives two rows: as sampled ("nothing kept") and with the keep step that
         # generate() would apply, done here so the sampling is not run twice

@@ -49,7 +49,7 @@ def sweep(cases: int = 10, seed: int = 0, schedules: dict[str, TrainConfig] | No
         embedding = encode_prompt(base, case.source_prompt)
         for name, config in schedules.items():
             e_opt, lora, seconds = train_imagic_lora(base, latents, embedding, config, case.index)
-            with fused_lora(base.pipe.unet, lora, config.rank, config.lora_alpha):
+            with fused_lora(base.denoiser, lora, config.rank, config.lora_alpha):
                 rows += _at_defaults(name, base, latents, e_opt, case, seconds)
         if not classic:
             continue

@@ -117,7 +117,7 @@ def measure(recipe: str, config: TrainBenchConfig, results: dict | None = None) 
     embedding = encode_prompt(base, PROMPT)
     train = TrainConfig(gradient_checkpointing=ours, offload_encoders=ours)
     pipe = base.pipe
-    resident = module_tensors(pipe.unet) if ours else module_tensors(pipe.unet, pipe.vae, *base.text_encoders)
+    resident = module_tensors(base.denoiser) if ours else module_tensors(base.denoiser, pipe.vae, *base.text_encoders)
     inputs = [latents, *embedding.tensors()]
     results.update({"recipe": recipe, "dtype": str(base.dtype).removeprefix("torch."), "resolution": resolution})
     state: dict = {}
@@ -154,7 +154,7 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
     cost the plain pipeline what the base weights cost, and the runs time sampling, not fusing.
     """
     pipe, count = base.pipe, config.apply_images
-    resident = module_tensors(pipe.unet, pipe.vae, *base.text_encoders)
+    resident = module_tensors(base.denoiser, pipe.vae, *base.text_encoders)
     train = TrainConfig()
     alphas = tuple(round(1.0 - 0.1 * i, 1) for i in range(count))
 
@@ -171,7 +171,7 @@ def _measure_apply(base: BaseModel, state: dict, config: TrainBenchConfig, resol
     runs = {"plain": plain, "apply": partial(profile, start="noise"),
             "apply_defaults": partial(profile, start="inversion")}
     measured = {}
-    with fused_lora(pipe.unet, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
+    with fused_lora(base.denoiser, state["lora"], train.rank, train.lora_alpha):  # stored in the profile at train time
         inversion = inverted_start(base, latents, state["e_opt"], ApplyConfig(steps=config.apply_steps),
                                    progress=False)
         for name, run in runs.items():

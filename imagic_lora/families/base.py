@@ -51,6 +51,7 @@ class Family:
     pooled: bool = False  # conditions on a pooled text embedding too
     profile_format_version: int = 2  # 2: latents and their inversion (1 is still read)
     profile_pipeline: str | None = None  # the pipeline its profiles name in their settings, if any
+    denoiser_name: str = "unet"  # the pipeline component that denoises, which the adapter trains
 
     # --- names ---------------------------------------------------------------------------------------------
 
@@ -72,6 +73,10 @@ class Family:
     def owns(self, pipe) -> bool:
         return isinstance(pipe, self.pipeline_class())
 
+    def denoiser(self, pipe) -> torch.nn.Module:
+        """The network that predicts the noise (or velocity): the UNet here, a transformer in flow models."""
+        return getattr(pipe, self.denoiser_name)
+
     def text_encoders(self, pipe) -> list[torch.nn.Module]:
         return [pipe.text_encoder]
 
@@ -81,7 +86,8 @@ class Family:
 
     def weight_modules(self, pipe) -> list[tuple[str, torch.nn.Module]]:
         """The modules whose weights a fingerprint covers, by component name."""
-        return [("unet", pipe.unet), *zip(("text_encoder", "text_encoder_2"), self.text_encoders(pipe), strict=False)]
+        encoders = zip(("text_encoder", "text_encoder_2"), self.text_encoders(pipe), strict=False)
+        return [(self.denoiser_name, self.denoiser(pipe)), *encoders]
 
     def embedding_width(self, pipe) -> int:
         """The width of the per-token embedding the UNet cross-attends to."""
