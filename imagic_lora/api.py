@@ -110,6 +110,7 @@ def make_profile(
     # 1. choose the recipe; encode the image and the prompt once (on a small card with the UNet off the
     # device, so encoding never adds to its weights); sample the base weights before any training
     resolution = config.resolution or base.native_resolution
+    config = config.for_model(base.default_guidance)
     if recipe is None:
         config, recipe = resolve(config, base, resolution)
         if inform:
@@ -321,6 +322,7 @@ def apply_prompts(
     warning = check_compatible(profile, base, force)
     if warning and warn:
         warn(warning)
+    config = config.for_model(base.default_guidance)
     for prompt in prompts:
         warn_truncated(base, prompt, "the edit prompt", warn)
     warn_truncated(base, config.negative_prompt, "--negative-prompt", warn)
@@ -380,6 +382,7 @@ def sampling_start(profile: Profile, base: BaseModel, config: ApplyConfig, progr
     """
     if config.start == "noise":
         return None
+    config = config.for_model(base.default_guidance)
     if profile.start is None:
         if warn:
             kept = ", and keeping nothing of it back" if config.keep else ""

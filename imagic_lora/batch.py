@@ -267,7 +267,8 @@ def run_rows(rows: list[BatchRow], job: BatchJob, target, base) -> list[RowResul
     from .recipe import resolve
 
     # one recipe for the whole run, chosen before any row trains, so every row records the same settings
-    config, recipe = resolve(job.config, base, job.config.resolution or base.native_resolution)
+    settings = job.config.for_model(base.default_guidance)  # the inversion's guidance, the model's default
+    config, recipe = resolve(settings, base, settings.resolution or base.native_resolution)
     job.report(recipe.line())
     job = dataclasses.replace(job, config=config)
     # the settings an existing profile must record to be skipped: fingerprinting walks every weight, so once

@@ -139,9 +139,10 @@ def training_options(func):
                      show_default=True, help="Sampling steps of the photo's edit-friendly inversion kept in the "
                      "profile: apply with as many --steps starts from it at no cost; other step counts invert "
                      "again."),
-        click.option("--inversion-guidance", type=float, default=_default(TrainConfig, "inversion_guidance"),
-                     show_default=True, help="The guidance the kept inversion is made for: apply at this "
-                     "--guidance starts from it at no cost; another guidance inverts again."),
+        click.option("--inversion-guidance", type=float, default=None,
+                     help="The guidance the kept inversion is made for: apply at this --guidance starts from it "
+                     "at no cost; another guidance inverts again [default: the base model's default guidance, "
+                     "as apply's]."),
         click.option("--memory", type=click.Choice(MEMORY_MODES), default=_default(TrainConfig, "memory"),
                      show_default=True, help="Which memory savings training pays for in time: auto picks the "
                      "fastest recipe whose estimate fits the GPU's free memory (the CPU keeps its own); low: all "
@@ -266,8 +267,9 @@ def apply_options(func):
                      help="First seed."),
         click.option("--steps", type=int, default=_default(ApplyConfig, "steps"), show_default=True,
                      help="DDIM sampling steps."),
-        click.option("--guidance", type=float, default=_default(ApplyConfig, "guidance"), show_default=True,
-                     help="Classifier-free guidance scale."),
+        click.option("--guidance", type=float, default=None,
+                     help="Classifier-free guidance scale [default: the base model's: 7.5 for SD 1.x/2.x, 5 for "
+                     "SDXL (their pipelines' own), 2 for the built-in models (tuned on them)]."),
         click.option("--negative-prompt", default=_default(ApplyConfig, "negative_prompt"),
                      help="What to steer away from."),
         click.option("--start", type=click.Choice(STARTS), default=_default(ApplyConfig, "start"), show_default=True,

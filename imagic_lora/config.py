@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import InvalidConfig
 from .limits import (
@@ -33,7 +33,10 @@ def _positive_finite(value: float) -> bool:
 
 
 DEFAULT_SAMPLING_STEPS = 50
-DEFAULT_GUIDANCE = 2.0
+
+
+def _guidance_ok(guidance: float | None) -> bool:
+    return guidance is None or (math.isfinite(guidance) and guidance >= 0)
 
 
 @dataclass
@@ -57,9 +60,10 @@ class TrainConfig:
     fit: str = "crop"
     seed: int = 0
     samples_per_step: int = 1
-    # the inversion stored in the profile: apply with as many --steps at this --guidance starts from it at no cost
+    # the inversion stored in the profile: apply with as many --steps at this --guidance starts from it at no
+    # cost; None: the base model's default guidance (BaseModel.default_guidance), which apply uses too
     inversion_steps: int = DEFAULT_SAMPLING_STEPS
-    inversion_guidance: float = DEFAULT_GUIDANCE
+    inversion_guidance: float | None = None
     # the memory switches: None lets --memory decide each from the device (imagic_lora.recipe); a value wins
     memory: str = "auto"
     gradient_checkpointing: bool | None = None
@@ -73,7 +77,7 @@ class TrainConfig:
         _check(1 <= self.rank <= MAX_RANK, f"--rank must be in [1, {MAX_RANK}], got {self.rank}")
         _check(1 <= self.inversion_steps <= MAX_STEPS,
                f"--inversion-steps must be in [1, {MAX_STEPS}], got {self.inversion_steps}")
-        _check(math.isfinite(self.inversion_guidance) and self.inversion_guidance >= 0,
+        _check(_guidance_ok(self.inversion_guidance),
                f"--inversion-guidance must be >= 0, got {self.inversion_guidance}")
         _check(1 <= self.samples_per_step <= MAX_SAMPLES,
                f"--samples-per-step must be in [1, {MAX_SAMPLES}], got {self.samples_per_step}")
@@ -95,21 +99,27 @@ class TrainConfig:
                 f"{MAX_TRAIN_RESOLUTION}], got {self.resolution}",
             )
 
+    def for_model(self, default_guidance: float) -> TrainConfig:
+        """This config with the inversion's guidance filled in from the model's default when none was given."""
+        return self if self.inversion_guidance is not None else replace(self, inversion_guidance=default_guidance)
+
 
 @dataclass
 class ApplyConfig:
     """Settings of Imagic's interpolation and generation step (paper section 3, step C).
 
     Defaults chosen by ``imagic-lora bench edits`` on its tuning split (48 shapes cases), then measured on
-    the held-out split (README, Performance): start from the stored inversion, α 1.0, guidance 2,
-    keep the photo's pixels where the edit changed them by less than 0.25.
+    the held-out split (README, Performance): start from the stored inversion, α 1.0, keep the photo's
+    pixels where the edit changed them by less than 0.25. The guidance is the base model's own default
+    (:attr:`imagic_lora.models.BaseModel.default_guidance`): 2 on the built-in models, where it was tuned; the
+    pipeline's default on Stable Diffusion (7.5, SDXL 5), which real photos need.
     """
 
     alphas: tuple[float, ...] = (1.0,)
     seeds: int = 1
     seed: int = 0
     steps: int = DEFAULT_SAMPLING_STEPS
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None  # None: the base model's default (BaseModel.default_guidance)
     negative_prompt: str = ""
     batch_size: int = 4
     grid: bool = True
@@ -129,7 +139,7 @@ class ApplyConfig:
         _check(1 <= self.seeds <= MAX_SAMPLES, f"--seeds must be in [1, {MAX_SAMPLES}], got {self.seeds}")
         _check(0 <= self.seed < MAX_SEED, f"--seed must be in [0, 2**63), got {self.seed}")
         _check(1 <= self.steps <= MAX_STEPS, f"--steps must be in [1, {MAX_STEPS}], got {self.steps}")
-        _check(math.isfinite(self.guidance) and self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
+        _check(_guidance_ok(self.guidance), f"--guidance must be >= 0, got {self.guidance}")
         _check(1 <= self.batch_size <= MAX_SAMPLES,
                f"--batch-size must be in [1, {MAX_SAMPLES}], got {self.batch_size}")
         _check(math.isfinite(self.keep_threshold) and 0 < self.keep_threshold <= 1,
@@ -140,6 +150,10 @@ class ApplyConfig:
         _check(self.start == "noise" or self.seeds == 1,
                f"--seeds {self.seeds} would give {self.seeds} identical images: with --start inversion (the "
                "default) sampling is deterministic and the seed is not used. Try: --seeds 1, or --start noise")
+
+    def for_model(self, default_guidance: float) -> ApplyConfig:
+        """This config with its guidance filled in from the model's default when none was given."""
+        return self if self.guidance is not None else replace(self, guidance=default_guidance)
 
     @property
     def seed_list(self) -> list[int]:

@@ -320,6 +320,7 @@ def inverted_start(base: BaseModel, latents: torch.Tensor, e_opt: Condition, con
     and negative prompt (None: seeded noise). Fuse the adapter first."""
     if config.start == "noise":
         return None
+    config = config.for_model(base.default_guidance)
     if config.start == "ddim":
         return invert(base, latents, e_opt, config.steps, progress)
     negative = encode_negative(base, config.negative_prompt)
@@ -382,6 +383,7 @@ def generate(
     device; otherwise the pipeline decodes the batch with everything resident.
     """
     apart = config.memory == "low"
+    config = config.for_model(base.default_guidance)
     e_new = encode_prompt(base, prompt)
     negative = encode_negative(base, config.negative_prompt)
     e_opt = e_opt.map(lambda tensor: tensor.to(base.device))

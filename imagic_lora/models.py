@@ -24,6 +24,7 @@ BUILTIN_MODELS = {TINY_MODEL: tiny_pipeline, TINY_XL_MODEL: tiny_xl_pipeline, SH
 Pipeline = DiffusionPipeline  # a pipeline of one of the families
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES_PER_TENSOR = 4
+BUILTIN_GUIDANCE = 2.0  # chosen on the shapes benchmark's tuning split (README, Performance)
 HUB_PROBE_TIMEOUT_S = 5.0
 
 
@@ -78,6 +79,12 @@ class BaseModel:
     def denoiser(self) -> torch.nn.Module:
         """The UNet (or, in a flow model, the transformer) that the adapter trains."""
         return self.family.denoiser(self.pipe)
+
+    @property
+    def default_guidance(self) -> float:
+        """The guidance apply samples at (and the stored inversion is made for) unless one is given: the value
+        tuned on the shapes benchmark for the built-in models, the family's pipeline default for the others."""
+        return BUILTIN_GUIDANCE if self.model_id in BUILTIN_MODELS else self.family.default_guidance
 
     @property
     def native_resolution(self) -> int:

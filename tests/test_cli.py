@@ -90,9 +90,18 @@ def test_local_diffusers_folder_loads_as_a_model(image_path, tmp_path, tiny):
     assert result.exit_code == 0, result.output
     shown = json.loads(run("profiles", "show", "ball", "--json").stdout)
     assert shown["base_model"] == str(folder)
-    # same weights as the built-in model, so its fingerprint matches and the profile applies there
+    # an SD 1.x model that is not built in: its inversion and apply take the pipeline's guidance, 7.5
+    assert shown["metadata"]["inversion"]["guidance"] == 7.5
+    result = run("apply", "profile", "ball", "a ball", "--out", tmp_path / "own", "--alpha", 0, *APPLY)
+    assert result.exit_code == 0, result.output
+    params = json.loads(Image.open(tmp_path / "own" / "ball_a-ball_a0.00_s0.png").info["imagic-lora"])
+    assert params["guidance"] == 7.5
+    # same weights as the built-in model, so its fingerprint matches and the profile applies there, at the
+    # built-in model's own guidance, 2
     result = run("apply", "profile", "ball", "a ball", "--model", "builtin:tiny", "--out", tmp_path, *APPLY)
     assert result.exit_code == 0, result.output
+    params = json.loads(Image.open(tmp_path / "ball_a-ball_a1.00_s0.png").info["imagic-lora"])
+    assert params["guidance"] == 2.0
 
 
 def test_the_shipped_example_profile_applies_to_the_built_in_model(tmp_path):

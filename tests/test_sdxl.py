@@ -141,3 +141,17 @@ def test_a_pooled_embedding_of_another_width_is_refused_before_sampling(xl_bytes
                                   "wide, the model's 32. Try: --model builtin:tiny-xl")
     assert not (tmp_path / "out").exists()
     assert not list((tmp_path / "user").glob("logs/*"))  # no crash log: a bad input, not a bug
+
+
+def test_each_model_samples_at_its_own_default_guidance_unless_one_is_given(tiny, tiny_xl):
+    from dataclasses import replace
+
+    from imagic_lora.config import ApplyConfig, TrainConfig
+
+    # the built-in models carry the value tuned on them; a model of a family, its pipeline's own default
+    assert (tiny.default_guidance, tiny_xl.default_guidance) == (2.0, 2.0)
+    assert replace(tiny, model_id="some/sd-folder").default_guidance == 7.5
+    assert replace(tiny_xl, model_id="some/sdxl-folder").default_guidance == 5.0
+    assert ApplyConfig().for_model(7.5).guidance == 7.5 and ApplyConfig(guidance=3.0).for_model(7.5).guidance == 3.0
+    assert TrainConfig().for_model(5.0).inversion_guidance == 5.0
+    assert TrainConfig(inversion_guidance=0.0).for_model(5.0).inversion_guidance == 0.0

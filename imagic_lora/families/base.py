@@ -52,6 +52,7 @@ class Family:
     profile_format_version: int = 2  # 2: latents and their inversion (1 is still read)
     profile_pipeline: str | None = None  # the pipeline its profiles name in their settings, if any
     denoiser_name: str = "unet"  # the pipeline component that denoises, which the adapter trains
+    default_guidance: float = 7.5  # apply's guidance, and the stored inversion's, unless one is given
 
     # --- names ---------------------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class StableDiffusionXL(Family):
     pooled: bool = True
     profile_format_version: int = 3  # 2 plus the pooled embeddings
     profile_pipeline: str | None = "StableDiffusionXLPipeline"
+    default_guidance: float = 5.0  # StableDiffusionXLPipeline's own
 
     def accepts_index(self, class_name: str) -> bool:
         return "XL" in class_name and "Refiner" not in class_name and "Img2Img" not in class_name

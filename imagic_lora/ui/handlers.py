@@ -170,7 +170,7 @@ class Handlers:
 
         try:
             alphas = _sweep(sweep_from, sweep_to, sweep_count) if sweep else [alpha]
-            config = ApplyConfig(guidance=_number(guidance, "guidance"), start=start, keep=keep,
+            config = ApplyConfig(guidance=guidance, start=start, keep=keep,
                                  steps=int(_number(steps, "steps")), seed=int(_number(seed, "seed")))
             result = self.studio().edit(_required(name), prompt, alphas, config)
         except Exception as ex:
