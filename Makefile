@@ -24,10 +24,11 @@ $(CHROMIUM):
 setup: $(BIN)/imagic-lora
 
 demo: setup
-	$(BIN)/imagic-lora train demo profiles/shapes-input.png --prompt "a large red circle on the left" \
-		--model builtin:shapes --replace
-	$(BIN)/imagic-lora apply profile demo "a large blue circle on the left" --alpha 0 --alpha 1 --out $(OUT)
-	@echo "Before/after: $(OUT)/demo_a-large-blue-circle-on-the-left_grid.png"
+	$(BIN)/imagic-lora train demo profiles/shapes-input.png \
+		--prompt "a large red circle on the left on a teal background" --model builtin:shapes --replace
+	$(BIN)/imagic-lora apply profile demo "a large blue circle on the left on a teal background" --alpha 0 \
+		--alpha 1 --out $(OUT)
+	@echo "Before/after: $(OUT)/demo_a-large-blue-circle-on-the-left-on-a-teal-background_grid.png"
 
 test: setup $(CHROMIUM)
 	$(BIN)/ruff check .

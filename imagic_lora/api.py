@@ -52,6 +52,7 @@ from .record import (
     Settings,
     TrainingSettings,
 )
+from .shapes.model import SHAPES_MODEL
 from .store import ProfileStore
 from .text import text_lines
 from .validate import PROFILE_SUFFIX
@@ -250,6 +251,12 @@ def check_compatible(profile: Profile, base: BaseModel, force: bool = False) -> 
     """
     made_for = profile.metadata.base_model
     made_with = profile.metadata.settings.base_fingerprint
+    if made_for == base.model_id == SHAPES_MODEL and made_with.split("-")[0] != base.architecture_hash():
+        raise IncompatibleProfile(
+            f"profile {profile.name!r} was made for an earlier {made_for}: the built-in model changed (it was "
+            "trained again on a world with named backgrounds and second objects), and its profiles do not carry "
+            f"over. Try: training it again with imagic-lora train --model {made_for}"
+        )
     theirs_shapes = {name: tuple(tensor.shape) for name, tensor in profile.condition.parts().items()}
     ours_shapes = base.condition_shapes()
     if made_with.split("-")[0] != base.architecture_hash() or profile.family is not base.family \

@@ -538,7 +538,7 @@ def bench_sanity(prompts, out) -> None:
 
 
 @bench.command(name="edits")
-@click.option("--cases", type=int, default=100, show_default=True,
+@click.option("--cases", type=int, default=120, show_default=True,
               help="Cases of the split (each trains one profile; baselines not yet cached are computed too).")
 @click.option("--split", type=click.Choice(["held-out", "tuning"]), default="held-out", show_default=True,
               help="held-out: cases never used to choose the defaults; tuning: the cases they were chosen on.")

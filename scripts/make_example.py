@@ -29,7 +29,7 @@ def draw_example() -> Image.Image:
 
 def write_shapes_input() -> None:
     """The demo's input: a shapes-world scene whose caption is the README's training prompt."""
-    scene = Scene("circle", "red", "large", "left", "middle")
+    scene = Scene("circle", "red", "large", "left", "middle", background="teal")
     details = random_details(random.Random(7))
     render(scene, details).save(PROFILES / "shapes-input.png")
     print(f"{PROFILES / 'shapes-input.png'}: {caption(scene)}")

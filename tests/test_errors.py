@@ -288,3 +288,17 @@ def test_exporting_over_the_live_store_is_refused(store_with_ball, isolated_user
     linked.symlink_to(live)
     assert run("profiles", "backup", linked, "--replace").exit_code == 1, "a link to the store is the store"
     linked.unlink()
+
+
+def test_a_profile_of_the_earlier_built_in_shapes_model_is_refused_saying_the_model_changed(
+        store_with_ball, profile_bytes, tmp_path):
+    """The built-in shapes model was trained again on a richer world (other tokenizer, other weights): a profile
+    recorded for ``builtin:shapes`` with another architecture cannot be applied, even when forced."""
+    earlier = tmp_path / "earlier.imagic.safetensors"
+    earlier.write_bytes(with_metadata(profile_bytes, base_model="builtin:shapes"))
+    expected = ("Error: profile 'ball' was made for an earlier builtin:shapes: the built-in model changed (it was "
+                "trained again on a world with named backgrounds and second objects), and its profiles do not carry "
+                "over. Try: training it again with imagic-lora train --model builtin:shapes")
+    for force in ([], ["--force"]):
+        check_refused(["apply", "file", earlier, "a red circle", "--model", "builtin:shapes", *force], expected,
+                      store_with_ball)

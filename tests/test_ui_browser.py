@@ -27,7 +27,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium: make test installs it")]
 SHAPES_INPUT = REPO / "profiles" / "shapes-input.png"
-SOURCE, EDIT = "a large red circle on the left", "a large blue circle on the left"
+SOURCE, EDIT = ("a large red circle on the left on a teal background",
+                "a large blue circle on the left on a teal background")
 # what a locked-down machine needs: no sandbox as root, no GPU, no calls home on a closed network
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ..shapes.analyze import background_kept, marker_kept, psnr, read
 from ..shapes.world import (
+    BACKGROUNDS,
     COLOURS,
     COLUMNS,
     ROWS,
@@ -18,12 +19,16 @@ from ..shapes.world import (
     Details,
     Scene,
     caption,
+    far_cells,
     random_details,
     random_scene,
+    random_second,
     render,
 )
 
-EDIT_TYPES = ("colour", "shape", "size", "position")
+# the four edits of the main shape, the background's named colour, and a second object added
+EDIT_TYPES = ("colour", "shape", "size", "position", "background", "add")
+OBJECT_EDITS = EDIT_TYPES[:4]
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,21 @@ def _edited(scene: Scene, edit: str, rng: random.Random) -> Scene:
         return scene.with_(shape=rng.choice([s for s in SHAPES if s != scene.shape]))
     if edit == "size":
         return scene.with_(size=next(s for s in SIZES if s != scene.size))
+    if edit == "background":
+        return scene.with_(background=rng.choice([b for b in BACKGROUNDS if b != scene.background]))
+    if edit == "add":
+        return scene.with_(second=random_second(rng, scene))
     cells = [(c, r) for c in COLUMNS for r in ROWS if (c, r) != (scene.column, scene.row)]
     column, row = rng.choice(cells)
     return scene.with_(column=column, row=row)
+
+
+def _source_scene(rng: random.Random, edit: str) -> Scene:
+    """A scene of one object to edit; for ``add``, one with room on the other side (not in the centre)."""
+    while True:
+        scene = random_scene(rng, second=False)
+        if edit != "add" or far_cells(scene.column, scene.row):
+            return scene
 
 
 def make_cases(count: int, seed: int = 0) -> list[Case]:
@@ -68,10 +85,12 @@ def make_cases(count: int, seed: int = 0) -> list[Case]:
     cases = []
     for index in range(count):
         edit = EDIT_TYPES[index % len(EDIT_TYPES)]
-        scene = random_scene(rng)
+        scene = _source_scene(rng, edit)
         details, phrasing = random_details(rng), rng.randrange(4)
         target = _edited(scene, edit, rng)
-        cases.append(Case(index, scene, _marker_apart(details, scene, target), phrasing, edit, target))
+        details = _jitter_inside(details, scene, target)
+        details = _marker_visible(_marker_apart(details, scene, target), rng, scene, target)
+        cases.append(Case(index, scene, details, phrasing, edit, target))
     return cases
 
 
@@ -91,10 +110,41 @@ def _marker_apart(details: Details, *scenes: Scene) -> Details:
     return details
 
 
+def _jitter_inside(details: Details, *scenes: Scene) -> Details:
+    """``details`` without the jitter that pushes a large object of ``scenes`` further out of the picture: a large
+    shape in an edge cell is already cut by the border, and one pushed further out into a corner no longer reads
+    as its shape even drawn exactly (a triangle turns circle-like). Other jitter is unchanged."""
+    jx, jy = details.jitter
+    for scene in scenes:
+        if scene.size == "large":
+            if (scene.column, jx > 0) in (("left", False), ("right", True)) and jx:
+                jx = 0
+            if (scene.row, jy > 0) in (("top", False), ("bottom", True)) and jy:
+                jy = 0
+    return replace(details, jitter=(jx, jy))
+
+
+MARKER_CONTRAST = 100  # levels (largest channel) by which a case's marker stands out from its backgrounds
+
+
+def _marker_visible(details: Details, rng: random.Random, *scenes: Scene) -> Details:
+    """``details`` with the marker's colour drawn again from ``rng`` until it stands out from every background of
+    ``scenes`` by :data:`MARKER_CONTRAST`: a dark marker on a dark background is no detail to keep, and a round
+    trip that blurs it away could still pass the marker's tolerance. Cases whose marker stands out keep it."""
+    colour = details.marker_colour
+    while any(max(abs(m - b) for m, b in zip(colour, BACKGROUNDS[scene.background], strict=True)) < MARKER_CONTRAST
+              for scene in scenes):
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+    return replace(details, marker_colour=colour)
+
+
 def _near(mx: int, my: int, scene: Scene, jitter: tuple[int, int]) -> bool:
-    cx, cy, r = COLUMNS[scene.column] + jitter[0], ROWS[scene.row] + jitter[1], SIZES[scene.size]
-    return (mx + 1 >= cx - r - MARKER_GAP and mx <= cx + r + MARKER_GAP
-            and my + 1 >= cy - r - MARKER_GAP and my <= cy + r + MARKER_GAP)
+    objects = [(scene.column, scene.row, SIZES[scene.size])]
+    if scene.second is not None:
+        objects.append((scene.second.column, scene.second.row, SIZES["small"]))
+    return any(mx + 1 >= COLUMNS[c] + jitter[0] - r - MARKER_GAP and mx <= COLUMNS[c] + jitter[0] + r + MARKER_GAP
+               and my + 1 >= ROWS[w] + jitter[1] - r - MARKER_GAP and my <= ROWS[w] + jitter[1] + r + MARKER_GAP
+               for c, w, r in objects)
 
 
 def _attribute(scene: Scene | None, edit: str):
@@ -103,12 +153,33 @@ def _attribute(scene: Scene | None, edit: str):
     return (scene.column, scene.row) if edit == "position" else getattr(scene, edit)
 
 
+def _main_kept(found: Scene | None, case: Case, skip: str | None) -> bool:
+    """Whether the main object reads as the source's in every attribute but ``skip``."""
+    return found is not None and all(_attribute(found, e) == _attribute(case.scene, e)
+                                     for e in OBJECT_EDITS if e != skip)
+
+
+def _has_second(objects, second) -> bool:
+    return any((o.shape, o.colour, o.column, o.row) == (second.shape, second.colour, second.column, second.row)
+               for o in objects)
+
+
 def score(image: Image.Image, case: Case) -> dict:
-    """Edit success, preservation of everything else, and distance to the ground truth."""
-    found = read(image).scene
-    edited = _attribute(found, case.edit) == _attribute(case.target, case.edit)
-    others = [e for e in EDIT_TYPES if e != case.edit]
-    attributes_kept = found is not None and all(_attribute(found, e) == _attribute(case.scene, e) for e in others)
+    """Edit success, preservation of everything else, and distance to the ground truth.
+
+    The main object is the one read whose position is the source's (the largest, if none is); the
+    background must be the target's named colour with the photo's hidden tint."""
+    reading = read(image)
+    found = _main_object(reading.objects, case)
+    if case.edit in OBJECT_EDITS:
+        edited = _attribute(found, case.edit) == _attribute(case.target, case.edit)
+        attributes_kept = _main_kept(found, case, case.edit) and found.background == case.scene.background
+    elif case.edit == "background":
+        edited = reading.scene is not None and reading.scene.background == case.target.background
+        attributes_kept = _main_kept(found, case, None)
+    else:  # add
+        edited = _has_second(reading.objects, case.target.second)
+        attributes_kept = _main_kept(found, case, None) and found.background == case.scene.background
     background = background_kept(image, case.details)
     marker = marker_kept(image, case.details)
     preserved = attributes_kept and background and marker
@@ -117,3 +188,10 @@ def score(image: Image.Image, case: Case) -> dict:
         "marker_kept": marker, "preserved": preserved, "success": edited and preserved,
         "psnr": psnr(image, case.ground_truth()),
     }
+
+
+def _main_object(objects, case: Case) -> Scene | None:
+    """The object read as the case's main one: at the source's (or, for a position edit, the target's) cell."""
+    cells = {(case.scene.column, case.scene.row), (case.target.column, case.target.row)}
+    at_cell = [o for o in objects if (o.column, o.row) in cells]
+    return at_cell[0] if at_cell else (objects[0] if objects else None)

@@ -1,4 +1,5 @@
-"""Text-to-image sanity of the shapes model: does it draw the colour, shape, size and position asked for?"""
+"""Text-to-image sanity of the shapes model: does it draw the colour, shape, size, position, background and
+second object asked for?"""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def sanity(prompts: int = 200, seed: int = 0, steps: int = 50, guidance: float =
             generator=[torch.Generator().manual_seed(seed * 100_000 + i) for i in range(start, start + BATCH)][
                 : len(captions[start : start + BATCH])],
         ).images
-    hits = {"colour": 0, "shape": 0, "size": 0, "position": 0}
+    hits = {"colour": 0, "shape": 0, "size": 0, "position": 0, "background": 0, "second object": 0}
+    seconds = sum(scene.second is not None for scene in scenes)
     for scene, image in zip(scenes, images, strict=True):
         found = read(image).scene
         if found is None:
@@ -39,4 +41,8 @@ def sanity(prompts: int = 200, seed: int = 0, steps: int = 50, guidance: float =
         hits["shape"] += found.shape == scene.shape
         hits["size"] += found.size == scene.size
         hits["position"] += (found.column, found.row) == (scene.column, scene.row)
-    return {key: 100.0 * value / prompts for key, value in hits.items()}, images
+        hits["background"] += found.background == scene.background
+        hits["second object"] += scene.second is not None and found.second == scene.second
+    rates = {key: 100.0 * value / prompts for key, value in hits.items()}
+    rates["second object"] = 100.0 * hits["second object"] / max(1, seconds)  # of the prompts that ask for one
+    return rates, images

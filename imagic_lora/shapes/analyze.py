@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .world import COLOURS, Details, Scene
+from .world import BACKGROUNDS, COLOURS, Details, Scene, Second, background_rgb
 
 MASK_THRESHOLD = 45  # max channel difference from the background that counts as foreground
 LARGE_EXTENT = 14  # bounding-box side separating small (about 11 px) from large (about 19 px)
@@ -19,11 +19,13 @@ SAME_COLOUR = 60
 
 @dataclass(frozen=True)
 class Reading:
-    """What the analyzer sees: the scene attributes (None where unreadable) and the background."""
+    """What the analyzer sees: the scene attributes (None where unreadable), the background colour, the area of
+    the main shape, and every object read (the main shape first; a second one when there is one)."""
 
     scene: Scene | None
     background: tuple[int, int, int]
     area: int
+    objects: tuple[Scene, ...] = ()
 
 
 def _array(image: Image.Image) -> np.ndarray:
@@ -71,32 +73,74 @@ def _shape_of(component: np.ndarray) -> tuple[str, int]:
     return shape, max(height, width)
 
 
-def read(image: Image.Image) -> Reading:
-    """Find the main shape and describe it; ``scene`` is None when nothing shape-sized is there."""
-    pixels = _array(image)
-    background = background_colour(pixels)
-    component = largest_component(np.abs(pixels - background).max(axis=2) > MASK_THRESHOLD)
-    if component.sum() >= 20:  # keep only the shape's own colour, so an adjacent marker does not join it
+MIN_AREA = 20  # pixels: less is the marker or noise, not an object
+
+
+def _component(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The largest region of ``mask``, narrowed to its own colour so an adjacent marker does not join it."""
+    component = largest_component(mask)
+    if component.sum() >= MIN_AREA:
         colour = np.median(pixels[component], axis=0)
         component = largest_component(component & (np.abs(pixels - colour).max(axis=2) <= SAME_COLOUR))
-    area = int(component.sum())
-    bg = tuple(int(v) for v in background)
-    if area < 20:
-        return Reading(None, bg, area)
+    return component
+
+
+def _describe(pixels: np.ndarray, component: np.ndarray, background: str) -> Scene:
     shape, extent = _shape_of(component)
     colour = np.median(pixels[component], axis=0)
     colour_name = min(COLOURS, key=lambda name: float(np.sum((np.array(COLOURS[name]) - colour) ** 2)))
     ys, xs = np.nonzero(component)  # the bounding box centre: a triangle's centroid sits low
-    scene = Scene(
+    return Scene(
         shape=shape, colour=colour_name, size="large" if extent >= LARGE_EXTENT else "small",
         column=_third((xs.min() + xs.max()) / 2, ("left", "centre", "right")),
-        row=_third((ys.min() + ys.max()) / 2, ("top", "middle", "bottom")),
+        row=_third((ys.min() + ys.max()) / 2, ("top", "middle", "bottom")), background=background,
     )
-    return Reading(scene, bg, area)
+
+
+def background_name(colour) -> str:
+    """The named background nearest to ``colour``."""
+    return min(BACKGROUNDS, key=lambda name: float(np.sum((np.array(BACKGROUNDS[name]) - np.asarray(colour)) ** 2)))
+
+
+def read(image: Image.Image) -> Reading:
+    """Find the main shape and describe it (with a second object, if one is there, as its ``second``);
+    ``scene`` is None when nothing shape-sized is there."""
+    pixels = _array(image)
+    background = background_colour(pixels)
+    named = background_name(background)
+    foreground = np.abs(pixels - background).max(axis=2) > MASK_THRESHOLD
+    bg = tuple(int(v) for v in background)
+    main = _component(pixels, foreground)
+    area = int(main.sum())
+    if area < MIN_AREA:
+        return Reading(None, bg, area)
+    objects = [_describe(pixels, main, named)]
+    rest = _component(pixels, foreground & ~_grown(_grown(main)))
+    if rest.sum() >= MIN_AREA:
+        objects.append(_describe(pixels, rest, named))
+    scene = objects[0]
+    if len(objects) > 1:
+        other = objects[1]
+        scene = scene.with_(second=Second(other.shape, other.colour, other.column, other.row))
+    return Reading(scene, bg, area, tuple(objects))
+
+
+def _grown(mask: np.ndarray) -> np.ndarray:
+    """``mask`` and its 8 neighbours: the anti-aliased rim of a shape is not a second object."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return grown
 
 
 def background_kept(image: Image.Image, details: Details) -> bool:
-    return bool(np.abs(np.array(read(image).background) - np.array(details.background)).max() <= BACKGROUND_TOLERANCE)
+    """Whether the background keeps ``details``' hidden tint inside whichever named colour it reads as (which
+    colour that is, an edit's score checks on its own), within tolerance."""
+    found = np.array(read(image).background)
+    expected = np.array(background_rgb(background_name(found), details))
+    return bool(np.abs(found - expected).max() <= BACKGROUND_TOLERANCE)
 
 
 def marker_kept(image: Image.Image, details: Details) -> bool:

@@ -14,7 +14,7 @@ from ..errors import ModelLoadError
 from ..families import SD15
 
 SHAPES_MODEL = "builtin:shapes"
-CONTEXT = 16  # tokens: the longest caption is 13
+CONTEXT = 32  # tokens: the longest caption is 26
 WEIGHTS = "shapes-model.safetensors"
 
 
