@@ -138,6 +138,10 @@ def test_the_callbacks_show_one_error_line_and_keep_serving(studio, tmp_path, tr
     assert status.startswith("Error: pick a profile first")
     *_, status = handlers.edit("nobody", "a blue ball", 1.0, False, 0, 1, 2, 2.0, "inversion", True, None, 0)
     assert status == "Error: steps is empty. Try: a number"  # a number field the user emptied
+    *_, status = handlers.edit("nobody", "a blue ball", 1.0, False, 0, 1, 2, "strong", "inversion", True, 50, 0)
+    assert status == "Error: guidance must be a number or empty (the model's own), got 'strong'"
+    *_, status = handlers.edit("nobody", "a blue ball", 1.0, False, 0, 1, 2, " ", "inversion", True, 50, 0)
+    assert status.startswith("Error: profile 'nobody' not found")  # empty guidance: the model's own, accepted
 
     updates = list(handlers.train(str(tmp_path / "missing.png"), "ball", PROMPT, TINY_MODEL,
                                   "quick: 50 + 100 steps (the default)"))

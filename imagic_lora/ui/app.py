@@ -58,8 +58,8 @@ def _edit_tab(handlers: Handlers):
                     sweep_from = gr.Number(0.0, label="from", minimum=0, maximum=1.5)
                     sweep_to = gr.Number(1.2, label="to", minimum=0, maximum=1.5)
                     sweep_count = gr.Number(5, label="images", precision=0, minimum=2, maximum=16)
-            guidance = gr.Number(None, label="Guidance (empty: the model's own, 2 on the built-in models, 7.5 on "
-                                 "SD 1.x/2.x, 5 on SDXL)", minimum=0, elem_id="edit-guidance")
+            guidance = gr.Textbox("", label="Guidance (empty: the model's own, 2 on the built-in models, 7.5 on "
+                                  "SD 1.x/2.x, 5 on SDXL)", placeholder="the model's own", elem_id="edit-guidance")
             start = gr.Radio(list(STARTS), value=DEFAULTS.start, label="Start (inversion: α 0 gives the photo back)")
             keep = gr.Checkbox(DEFAULTS.keep, label="Keep the photo's pixels where the edit did not act "
                                "(a tint or a style is kept whole; turn off to let the model redraw everything)")

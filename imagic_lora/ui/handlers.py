@@ -164,13 +164,13 @@ class Handlers:
     # editing
 
     def edit(self, name: str | None, prompt: str, alpha: float, sweep: bool, sweep_from: float, sweep_to: float,
-             sweep_count: int, guidance: float, start: str, keep: bool, steps: int, seed: int) -> tuple:
+             sweep_count: int, guidance: str, start: str, keep: bool, steps: int, seed: int) -> tuple:
         """The edit beside the photo, the sweep as a strip, the PNG to download, and a status line."""
         from ..config import ApplyConfig
 
         try:
             alphas = _sweep(sweep_from, sweep_to, sweep_count) if sweep else [alpha]
-            config = ApplyConfig(guidance=guidance, start=start, keep=keep,
+            config = ApplyConfig(guidance=_guidance(guidance), start=start, keep=keep,
                                  steps=int(_number(steps, "steps")), seed=int(_number(seed, "seed")))
             result = self.studio().edit(_required(name), prompt, alphas, config)
         except Exception as ex:
@@ -187,6 +187,18 @@ def _required(name: str | None) -> str:
     if not name:
         raise InvalidConfig("pick a profile first. Try: the Train tab, or importing a profile file")
     return name
+
+
+def _guidance(value: str | float | None) -> float | None:
+    """The guidance field: empty for the base model's own default, else a number (a number field cannot be
+    empty: it sends 0, which is a guidance of its own)."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidConfig(f"guidance must be a number or empty (the model's own), got {text!r}") from None
 
 
 def _number(value: float | None, what: str) -> float:
